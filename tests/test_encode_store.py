@@ -1,0 +1,157 @@
+"""The HDF5 feature store: round trip, crash safety, resume checks, refusal of incomplete stores, joins."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+
+from encode.store import (
+    FeatureStore,
+    FeatureStoreWriter,
+    IncompleteStoreError,
+    StoreError,
+    StoreMeta,
+    index_of,
+)
+
+IMAGE_META = StoreMeta(modality="image", model="tiny", model_revision="abc", pooling="cls", dim=4)
+
+
+def _text_meta(**overrides) -> StoreMeta:
+    fields = {"modality": "text", "model": "minilm", "model_revision": "r1", "pooling": "mean", "dim": 3}
+    return StoreMeta(**(fields | overrides))
+
+
+def test_round_trip_keeps_rows_keys_and_marks_failures_nan(tmp_path):
+    path = tmp_path / "img.h5"
+    keys = ["a", "b", "ü-ñ", "d", "e"]
+    feats = np.arange(20, dtype=np.float32).reshape(5, 4)
+    valid = np.array([True, True, False, True, True])
+    writer = FeatureStoreWriter(path, IMAGE_META, keys)
+    writer.write(feats[:2], valid[:2])
+    writer.write(feats[2:], valid[2:])
+    summary = writer.finish()
+    assert summary == {"rows": 5, "failures": 1, "failed_keys": ["ü-ñ"]}
+
+    with FeatureStore(path) as store:
+        assert store.meta == IMAGE_META
+        assert store.keys.tolist() == keys
+        assert store.valid.tolist() == valid.tolist()
+        assert store.failures == 1 and store.failed_keys == ["ü-ñ"]
+        loaded = store.load()
+        assert np.isnan(loaded[2]).all()
+        np.testing.assert_array_equal(loaded[valid], feats[valid])
+        np.testing.assert_array_equal(store.read(3, 5), feats[3:5])
+        np.testing.assert_array_equal(store.take(np.array([4, 0, 4, 1])), feats[[4, 0, 4, 1]])
+        assert store.read(0, 2, dtype=np.float16).dtype == np.float16
+    with h5py.File(path) as f:
+        assert f["features"].dtype == np.float16
+        assert f.attrs["complete"]
+
+
+def test_existing_output_is_never_overwritten_silently(tmp_path):
+    path = tmp_path / "img.h5"
+    FeatureStoreWriter(path, IMAGE_META, ["a"]).close()
+    with pytest.raises(StoreError, match="--resume.*--overwrite"):
+        FeatureStoreWriter(path, IMAGE_META, ["a"])
+    writer = FeatureStoreWriter(path, IMAGE_META, ["x", "y"], overwrite=True)
+    writer.write(np.ones((2, 4)), np.ones(2, bool))
+    writer.finish()
+    assert FeatureStore(path).keys.tolist() == ["x", "y"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"model": "other"}, "model"), ({"pooling": "concat"}, "pooling"), ({"dim": 8}, "dim")],
+)
+def test_resume_against_other_settings_fails_and_keeps_the_file(tmp_path, change, message):
+    path = tmp_path / "img.h5"
+    writer = FeatureStoreWriter(path, IMAGE_META, ["a", "b"])
+    writer.write(np.ones((1, 4)), np.ones(1, bool))
+    writer.close()
+    before = path.read_bytes()
+    other = StoreMeta(**(IMAGE_META.to_attrs() | change))
+    with pytest.raises(StoreError, match=message):
+        FeatureStoreWriter.preflight(path, other, ["a", "b"], resume=True)
+    with pytest.raises(StoreError, match="other rows"):
+        FeatureStoreWriter.preflight(path, IMAGE_META, ["a", "c"], resume=True)
+    assert path.read_bytes() == before
+
+
+def test_bad_requests_fail_before_writing(tmp_path):
+    with pytest.raises(StoreError, match="empty"):
+        FeatureStoreWriter(tmp_path / "x.h5", IMAGE_META, [])
+    with pytest.raises(StoreError, match="unique"):
+        FeatureStoreWriter(tmp_path / "x.h5", IMAGE_META, ["a", "a"])
+    with pytest.raises(StoreError, match="image_keys"):
+        FeatureStoreWriter(tmp_path / "x.h5", _text_meta(), ["c1"])
+    with pytest.raises(StoreError, match="does not exist"):
+        FeatureStoreWriter(tmp_path / "missing" / "x.h5", IMAGE_META, ["a"])
+    with pytest.raises(StoreError, match="dtype"):
+        StoreMeta(modality="image", model="m", model_revision="r", pooling="cls", dim=2, dtype="int8")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_killed_writer_leaves_a_resumable_file(tmp_path):
+    """SIGKILL after two flushed chunks: the file opens, refuses readers, and resumes at row 4."""
+    path = tmp_path / "img.h5"
+    script = textwrap.dedent(
+        f"""
+        import os, signal, numpy as np
+        from encode.store import FeatureStoreWriter, StoreMeta
+        meta = StoreMeta(modality="image", model="tiny", model_revision="abc", pooling="cls", dim=4)
+        w = FeatureStoreWriter({str(path)!r}, meta, [str(i) for i in range(6)])
+        w.write(np.full((2, 4), 1.0), np.ones(2, bool))
+        w.write(np.full((2, 4), 2.0), np.ones(2, bool))
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True)
+    assert proc.returncode == -9
+
+    with pytest.raises(IncompleteStoreError, match="4 of 6 rows.*--resume"):
+        FeatureStore(path)
+    writer = FeatureStoreWriter(path, IMAGE_META, [str(i) for i in range(6)], resume=True)
+    assert writer.rows_done == 4
+    writer.write(np.full((2, 4), 3.0), np.ones(2, bool))
+    writer.finish()
+    loaded = FeatureStore(path).load()
+    np.testing.assert_array_equal(loaded[:, 0], [1, 1, 2, 2, 3, 3])
+
+
+def test_caption_store_joins_to_image_store(tmp_path):
+    images = FeatureStoreWriter(tmp_path / "img.h5", IMAGE_META, ["i1", "i2", "i3"])
+    images.write(np.eye(3, 4), np.ones(3, bool))
+    images.finish()
+    captions = FeatureStoreWriter(
+        tmp_path / "txt.h5", _text_meta(caption_column="raw"), ["c1", "c2", "c3", "c4"], ["i3", "i1", "i9", "i3"]
+    )
+    captions.write(np.ones((4, 3)), np.ones(4, bool))
+    captions.finish()
+    with FeatureStore(tmp_path / "txt.h5") as text, FeatureStore(tmp_path / "img.h5") as image:
+        assert text.meta.caption_column == "raw"
+        assert text.join(image).tolist() == [2, 0, -1, 2]
+        with pytest.raises(StoreError, match="caption stores"):
+            image.join(text)
+
+
+def test_index_of_handles_missing_and_empty():
+    assert index_of(np.array(["b", "a", "c"]), np.array(["a", "z", "c"])).tolist() == [1, -1, 2]
+    assert index_of(np.array([], dtype=str), np.array(["a"])).tolist() == [-1]
+
+
+def test_reader_rejects_non_stores(tmp_path):
+    with pytest.raises(StoreError, match="does not exist"):
+        FeatureStore(tmp_path / "nope.h5")
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(StoreError, match="not a readable"):
+        FeatureStore(tmp_path / "junk.h5")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = 1
+    with pytest.raises(StoreError, match="not a feature store"):
+        FeatureStore(tmp_path / "other.h5")
