@@ -1,0 +1,1 @@
+"""Stage 2: train lightweight alignment heads on cached backbone features with a contrastive loss."""

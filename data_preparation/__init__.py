@@ -1,0 +1,1 @@
+"""Get image–caption data (DreamLIP caption tables, img2dataset downloads) into the inputs encode/ reads."""

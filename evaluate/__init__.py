@@ -1,0 +1,1 @@
+"""One evaluator for every model: zero-shot classification, retrieval, Winoground, MMVP-VLM, MMEB, kNN."""
