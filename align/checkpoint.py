@@ -1,0 +1,108 @@
+"""Checkpoints shared by both trainers.
+
+Layout: ``OUTPUT/checkpoints/step_N/`` holding the weights (``head.safetensors`` or ``model.safetensors``),
+``config.json`` and ``trainer_state.pt`` (optimizer, scheduler, scaler, RNG, data position; tensors and plain
+Python values only, loaded with ``torch.load(weights_only=True)``). A checkpoint is written into
+``step_N.tmp`` and renamed when complete, so a run killed while saving leaves no half checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+CHECKPOINTS = "checkpoints"
+WEIGHT_FILES = ("head.safetensors", "model.safetensors")
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+    model_state: dict[str, Tensor]
+    config: dict
+    trainer_state: dict
+
+
+def checkpoint_dirs(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints under ``output_dir/checkpoints``, oldest first."""
+    root = Path(output_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _STEP_DIR.match(child.name)
+        if match and child.is_dir() and (child / "config.json").is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    found = checkpoint_dirs(output_dir)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(
+    output_dir: str | os.PathLike,
+    step: int,
+    model_state: dict[str, Tensor],
+    config: dict,
+    trainer_state: dict,
+    keep_last: int,
+    weights_name: str = "head.safetensors",
+) -> Path:
+    """Write ``step_N/`` atomically and keep only the ``keep_last`` newest checkpoints (0 keeps all)."""
+    if weights_name not in WEIGHT_FILES:
+        raise ValueError(f"weights_name must be one of {WEIGHT_FILES}")
+    root = Path(output_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step}"
+    tmp = root / f"step_{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model_state.items()}
+    save_file(tensors, str(tmp / weights_name), metadata={"format": "pt"})
+    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    torch.save(trainer_state, tmp / "trainer_state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    if keep_last > 0:
+        for _, old in checkpoint_dirs(output_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    path = Path(path)
+    for name in WEIGHT_FILES:
+        if (path / name).is_file():
+            return load_file(str(path / name), device=str(device))
+    raise FileNotFoundError(f"{path} holds no {' or '.join(WEIGHT_FILES)}: not a checkpoint directory")
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} has no config.json: not a checkpoint directory")
+    return json.loads(file.read_text())
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
+    """Weights, config and trainer state (``{}`` when the directory is an export without trainer state)."""
+    path = Path(path)
+    state_file = path / "trainer_state.pt"
+    trainer_state = (
+        torch.load(state_file, map_location="cpu", weights_only=True) if state_file.is_file() else {}
+    )
+    match = _STEP_DIR.match(path.name)
+    step = int(match.group(1)) if match else int(trainer_state.get("step", 0))
+    return Checkpoint(path, step, load_weights(path, device), load_config(path), trainer_state)

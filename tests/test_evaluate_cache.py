@@ -1,0 +1,87 @@
+"""Feature cache: the same model reuses features; changed weights, config or data never do; safetensors only."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from evaluate_helpers import PALETTE, FakeModel, write_coco_captions
+from safetensors.torch import load_file
+
+from evaluate import tasks
+from evaluate.cache import FeatureCache, hash_state_dict, model_fingerprint
+from evaluate.datasets import load_retrieval
+
+IMAGES = PALETTE[:3]
+CAPTIONS = [(0, "red"), (1, "green"), (2, "blue")]
+VECTORS = {PALETTE[0]: [1, 0, 0], PALETTE[1]: [0, 1, 0], PALETTE[2]: [0, 0, 1]}
+TEXTS = {"red": [1, 0, 0], "green": [0, 1, 0], "blue": [0, 0, 1]}
+
+
+def _score(model, data, cache_dir):
+    enc = tasks.EncodeSettings(FeatureCache(cache_dir, model_fingerprint(model)), batch_size=2)
+    return tasks.retrieval(model, data, enc).metrics, enc.cache
+
+
+@pytest.fixture
+def coco(tmp_path):
+    write_coco_captions(tmp_path / "coco", "val2017", IMAGES, CAPTIONS)
+    return load_retrieval(tmp_path / "coco")
+
+
+def test_same_model_reuses_cached_features(tmp_path, coco):
+    first, cache = _score(FakeModel(VECTORS, TEXTS), coco, tmp_path / "cache")
+    assert (cache.hits, cache.misses) == (0, 2)
+    files = sorted((tmp_path / "cache").rglob("*"))
+    stored = [f for f in files if f.is_file()]
+    assert len(stored) == 2 and all(f.suffix == ".safetensors" for f in stored)
+    assert load_file(str(stored[0]))["features"].shape == (3, 3)
+    again = FakeModel(VECTORS, TEXTS)  # a fresh instance with identical config and weights
+    second, cache = _score(again, coco, tmp_path / "cache")
+    assert second == first and (cache.hits, cache.misses) == (2, 0)
+    assert again.image_calls == 0 and again.text_calls == 0
+
+
+def test_changed_weights_or_config_never_reuse_features(tmp_path, coco):
+    base, _ = _score(FakeModel(VECTORS, TEXTS), coco, tmp_path / "cache")
+    assert base["i2t_R@1"] == 100.0
+    swapped = VECTORS | {PALETTE[0]: [0, 1, 0], PALETTE[1]: [1, 0, 0]}  # a "new head": red and green swap
+    changed = FakeModel(swapped, TEXTS)
+    metrics, cache = _score(changed, coco, tmp_path / "cache")
+    # the fingerprint covers the whole model, so even the unchanged text tower is encoded again
+    assert (cache.hits, cache.misses) == (0, 2) and changed.image_calls > 0
+    assert model_fingerprint(changed) != model_fingerprint(FakeModel(VECTORS, TEXTS))
+    assert metrics["i2t_R@1"] == pytest.approx(100 / 3)
+    new_config = FakeModel(VECTORS, TEXTS, version=1)
+    _, cache = _score(new_config, coco, tmp_path / "cache")
+    assert cache.misses == 2 and new_config.image_calls > 0
+
+
+def test_changed_image_file_is_encoded_again(tmp_path, coco):
+    _score(FakeModel(VECTORS, TEXTS), coco, tmp_path / "cache")
+    image = coco.images[0]
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    _, cache = _score(FakeModel(VECTORS, TEXTS), coco, tmp_path / "cache")
+    assert (cache.hits, cache.misses) == (1, 1)  # captions reused, images re-encoded
+
+
+def test_no_cache_dir_always_encodes(tmp_path, coco):
+    model = FakeModel(VECTORS, TEXTS)
+    _score(model, coco, None)
+    _score(model, coco, None)
+    assert model.image_calls == 4  # 3 images in batches of 2, twice
+    assert not (tmp_path / "cache").exists()
+
+
+def test_fingerprint_of_a_module_covers_every_weight():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    before = model_fingerprint(net)
+    assert model_fingerprint(net) == before
+    with torch.no_grad():
+        net[0].weight[1, 2] += 1e-3  # a backbone-side change
+    assert model_fingerprint(net) != before
+    assert hash_state_dict({"a": torch.zeros(2)}) != hash_state_dict({"a": torch.zeros(2, dtype=torch.float16)})
+    with pytest.raises(ValueError, match="cannot fingerprint"):
+        model_fingerprint(object())

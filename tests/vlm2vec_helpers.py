@@ -1,0 +1,185 @@
+"""Tiny random VLMs (real transformers configs and processor classes) with a tokenizer built here; offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessor,
+    LlavaNextProcessor,
+    PreTrainedTokenizerFast,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+    Qwen2VLVideoProcessor,
+)
+
+WORDS = [
+    "a",
+    "an",
+    "the",
+    "cat",
+    "dog",
+    "bird",
+    "car",
+    "red",
+    "green",
+    "blue",
+    "photo",
+    "of",
+    "find",
+    "image",
+    "caption",
+    "query",
+    "represent",
+    "given",
+    ":",
+    ".",
+    ",",
+    "?",
+    "instruct",
+    "which",
+    "is",
+    "this",
+    "what",
+    "color",
+    "animal",
+    "picture",
+    "sky",
+    "tree",
+    "house",
+]
+
+
+def _tokenizer(special: list[str], eos: str, bos: str | None = None) -> PreTrainedTokenizerFast:
+    vocab = {token: index for index, token in enumerate(["<pad>", "<unk>", *special, *WORDS])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    extra = [token for token in special if token not in (eos, bos)]
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        eos_token=eos,
+        bos_token=bos,
+        additional_special_tokens=extra,
+    )
+
+
+def save_tiny_qwen2_vl(path: Path, dropout: float = 0.0, seed: int = 0) -> Path:
+    """Qwen2-VL with a 2-layer 32-d decoder and a 1-layer vision tower; 56x56 images -> 4 image tokens."""
+    import torch
+
+    torch.manual_seed(seed)
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
+    special += ["<|image_pad|>", "<|video_pad|>"]
+    tokenizer = _tokenizer(special, eos="<|endoftext|>")
+    image_processor = Qwen2VLImageProcessor(
+        min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2
+    )
+    processor = Qwen2VLProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor()
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            attention_dropout=dropout,
+            rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]},
+            max_position_embeddings=512,
+            bos_token_id=None,
+            eos_token_id=ids("<|endoftext|>"),
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            depth=1,
+            embed_dim=32,
+            hidden_size=32,
+            num_heads=2,
+            mlp_ratio=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+    Qwen2VLForConditionalGeneration(config).save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def save_tiny_llava_next(path: Path, dropout: float = 0.0, seed: int = 0) -> Path:
+    """LLaVA-Next with a 2-layer CLIP tower at 28 px, a 2-layer Llama decoder, anyres grid of 28/56 px."""
+    import torch
+
+    torch.manual_seed(seed)
+    tokenizer = _tokenizer(["<s>", "</s>", "<image>"], eos="</s>", bos="<s>")
+    pinpoints = [[28, 28], [28, 56], [56, 28]]
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}, image_grid_pinpoints=pinpoints
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        image_token="<image>",
+        num_additional_image_tokens=1,
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+            projection_dim=32,
+        ).to_dict(),
+        text_config=LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            attention_dropout=dropout,
+            pad_token_id=0,
+            bos_token_id=ids("<s>"),
+            eos_token_id=ids("</s>"),
+        ).to_dict(),
+        image_token_index=ids("<image>"),
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    LlavaNextForConditionalGeneration(config).save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+TINY_VLMS = {"qwen2_vl": save_tiny_qwen2_vl, "llava_next": save_tiny_llava_next}
+
+
+def color_image(rgb: tuple[int, int, int], size: int = 48, seed: int = 0) -> Image.Image:
+    """A noisy solid-colour image."""
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(rgb)[None, None, :] + rng.integers(-20, 20, (size, size, 3)), 0, 255)
+    return Image.fromarray(pixels.astype(np.uint8))
