@@ -69,8 +69,7 @@ def save_checkpoint(
     tmp = root / f"step_{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model_state.items()}
-    save_file(tensors, str(tmp / weights_name), metadata={"format": "pt"})
+    save_file_weights(model_state, tmp / weights_name)
     (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     torch.save(trainer_state, tmp / "trainer_state.pt")
     shutil.rmtree(final, ignore_errors=True)
@@ -79,6 +78,12 @@ def save_checkpoint(
         for _, old in checkpoint_dirs(output_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_file_weights(state: dict[str, Tensor], path: str | os.PathLike) -> None:
+    """A state dict as safetensors (CPU, contiguous copies)."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    save_file(tensors, str(path), metadata={"format": "pt"})
 
 
 def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Tensor]:

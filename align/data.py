@@ -59,7 +59,9 @@ def open_store(path: str | os.PathLike, modality: str, role: str) -> FeatureStor
         )
     if store.dim != store.meta.dim:
         store.close()
-        raise DataError(f"{role} store {path}: features have dim {store.dim} but its attrs say {store.meta.dim}")
+        raise DataError(
+            f"{role} store {path}: features have dim {store.dim} but its attrs say {store.meta.dim}"
+        )
     if modality == "text" and store.image_keys is None:
         store.close()
         raise DataError(f"{role} store {path} has no image_keys, so its captions cannot be joined to images")
@@ -112,7 +114,10 @@ def _read_rows(store: FeatureStore, rows: np.ndarray, max_gap: int = 256) -> np.
     """Rows in the given order, read as a few contiguous ranges (rows are usually clustered)."""
     unique, inverse = np.unique(rows, return_inverse=True)
     breaks = np.flatnonzero(np.diff(unique) > max_gap) + 1
-    parts = [store.read(int(run[0]), int(run[-1]) + 1, store.meta.dtype)[run - run[0]] for run in np.split(unique, breaks)]
+    parts = [
+        store.read(int(run[0]), int(run[-1]) + 1, store.meta.dtype)[run - run[0]]
+        for run in np.split(unique, breaks)
+    ]
     return np.concatenate(parts)[inverse]
 
 
@@ -138,7 +143,9 @@ class AlignmentData:
         if not text_paths:
             raise DataError("give at least one caption store (--text-features)")
         if batch_size <= 0 or batch_size % world_size:
-            raise DataError(f"batch size {batch_size} must be positive and divisible by the {world_size} processes")
+            raise DataError(
+                f"batch size {batch_size} must be positive and divisible by the {world_size} processes"
+            )
         self.batch_size = batch_size
         self.local_batch = batch_size // world_size
         self.rank = rank
@@ -214,7 +221,11 @@ class AlignmentData:
             pair_extra = extra_of_image[pair_image]
             has_extra = pair_extra >= 0
             self.dropped["pairs whose image has no valid extra text"] = int((~has_extra).sum())
-            pair_image, pair_text, pair_extra = pair_image[has_extra], pair_text[has_extra], pair_extra[has_extra]
+            pair_image, pair_text, pair_extra = (
+                pair_image[has_extra],
+                pair_text[has_extra],
+                pair_extra[has_extra],
+            )
         self.pair_image = pair_image.astype(np.int64)
         self.pair_text = pair_text.astype(np.int64)
         self.pair_extra = None if pair_extra is None else pair_extra.astype(np.int64)
@@ -381,7 +392,9 @@ def load_eval_data(image_path: str | os.PathLike, text_paths: Sequence[str | os.
             owners.append(new_index[rows[keep]])
         caption_image = np.concatenate(owners)
         if len(caption_image) == 0:
-            raise DataError(f"validation stores {image_path} and {list(text_paths)} have no valid joined pairs")
+            raise DataError(
+                f"validation stores {image_path} and {list(text_paths)} have no valid joined pairs"
+            )
         return EvalData(
             torch.from_numpy(image_store.load()[valid_images]),
             torch.from_numpy(np.concatenate(texts)),

@@ -90,7 +90,9 @@ def sharelock_mlp(in_dim: int, out_dim: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def mapping_network(kind: str, in_dim: int, out_dim: int, width_factor: int, hidden_dim: int | None) -> nn.Module:
+def mapping_network(
+    kind: str, in_dim: int, out_dim: int, width_factor: int, hidden_dim: int | None
+) -> nn.Module:
     if kind == "linear":
         return nn.Linear(in_dim, out_dim)
     if kind == "mlp":
@@ -106,7 +108,9 @@ def mapping_network(kind: str, in_dim: int, out_dim: int, width_factor: int, hid
 class ModalityHead(nn.Module):
     """``LayerNorm(in) -> mapping``."""
 
-    def __init__(self, kind: str, in_dim: int, out_dim: int, width_factor: int, hidden_dim: int | None) -> None:
+    def __init__(
+        self, kind: str, in_dim: int, out_dim: int, width_factor: int, hidden_dim: int | None
+    ) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(in_dim)
         self.mapping = mapping_network(kind, in_dim, out_dim, width_factor, hidden_dim)

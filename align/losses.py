@@ -7,6 +7,10 @@ One implementation per loss, with two interchangeable execution paths:
 * ``chunk_size=C`` -- a custom :class:`torch.autograd.Function` that walks the logits matrix in ``C x C``
   blocks. The full logits, labels and their gradients are never materialised: memory is
   ``O(N d + C^2)`` instead of ``O(N^2)``. Losses and gradients equal the dense formula to fp32 rounding.
+  SigLIP's pairwise gradients need no global normaliser, so its forward accumulates the gradients in the same
+  sweep when grad mode is on (3 block matmuls, as dense forward + backward; run evaluation under
+  ``torch.no_grad()``), and it supports one backward per forward. CLIP/InfoNCE take a logsumexp sweep in
+  forward and a recomputing sweep in backward.
 
 All paths compute in float32 with autocast disabled: bf16/fp16 inputs (e.g. from a head under autocast) are
 upcast inside, and their gradients are cast back by autograd. Embeddings are passed already L2-normalised;
@@ -164,28 +168,28 @@ class _ChunkedSigmoidLoss(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             for i0, i1 in _blocks(n, chunk):
                 xi = x[i0:i1]
+                scaled_xi = xi * scale
                 for j0, j1 in _blocks(m, chunk):
                     yj = y[j0:j1]
-                    # u = -label * z: the per-pair loss is softplus(u) and dL/dz = sign * sigmoid(u).
-                    u = (xi @ yj.T).mul_(scale).add_(bias)
+                    # u = -label * z: the per-pair loss is softplus(u) and dL/dz = -label * sigmoid(u).
+                    u = torch.addmm(bias, scaled_xi, yj.T)
                     is_pos = positives.block(i0, i1, j0, j1, x.device)
-                    sign = None
-                    if is_pos is not None:
-                        sign = 1 - 2 * is_pos.to(u.dtype)
-                        u.mul_(sign)
+                    pos = None if is_pos is None else is_pos.to(u.dtype)
+                    if pos is not None:
+                        u.addcmul_(u, pos, value=-2)  # negate the positives' logits in place
                     per_pair = F.softplus(u)
                     total += per_pair.sum(dtype=torch.float64)
-                    if is_pos is not None:
-                        pos_total += torch.where(is_pos, per_pair, 0).sum(dtype=torch.float64)
-                    del per_pair
+                    if pos is not None:
+                        pos_total += torch.dot(per_pair.view(-1), pos.view(-1))
+                    del per_pair, is_pos
                     if want_grad:
                         dz = u.sigmoid_()
-                        if sign is not None:
-                            dz.mul_(sign)
+                        if pos is not None:
+                            dz.addcmul_(dz, pos, value=-2)
                         gx[i0:i1].addmm_(dz, yj)
                         gy[j0:j1].addmm_(dz.T, xi)
                         gb += dz.sum(dtype=torch.float64)
-                    del u, sign
+                    del u, pos
         loss = (total * weight).float()
         positive = (pos_total * weight).float()
         negative = ((total - pos_total) * weight).float()
@@ -248,9 +252,9 @@ class _ChunkedSoftmaxLoss(torch.autograd.Function):
         col_pos = x.new_zeros(m) if use_cols else None
         with torch.autocast(x.device.type, enabled=False):
             for i0, i1 in _blocks(n, chunk):
-                xi = x[i0:i1]
+                scaled_xi = x[i0:i1] * scale
                 for j0, j1 in _blocks(m, chunk):
-                    z = (xi @ y[j0:j1].T).mul_(scale)
+                    z = scaled_xi @ y[j0:j1].T
                     row_lse[i0:i1] = torch.logaddexp(row_lse[i0:i1], torch.logsumexp(z, 1))
                     if use_cols:
                         col_lse[j0:j1] = torch.logaddexp(col_lse[j0:j1], torch.logsumexp(z, 0))
@@ -285,9 +289,10 @@ class _ChunkedSoftmaxLoss(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             for i0, i1 in _blocks(n, chunk):
                 xi = x[i0:i1]
+                scaled_xi = xi * scale
                 for j0, j1 in _blocks(m, chunk):
                     yj = y[j0:j1]
-                    z = (xi @ yj.T).mul_(scale)
+                    z = scaled_xi @ yj.T
                     if cw:
                         col_soft = (z - col_lse[None, j0:j1]).exp_().mul_(cw)
                     dz = z.sub_(row_lse[i0:i1, None]).exp_().mul_(rw)

@@ -24,7 +24,15 @@ from tqdm import tqdm
 
 from align.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from align.config import TrainConfig
-from align.data import AlignmentData, DataError, EvalData, backbone_info, check_same_model, load_eval_data, open_store
+from align.data import (
+    AlignmentData,
+    DataError,
+    EvalData,
+    backbone_info,
+    check_same_model,
+    load_eval_data,
+    open_store,
+)
 from align.heads import HEADS, AlignmentHead, HeadConfig
 from align.losses import clip_loss, siglip_loss
 from align.metrics_log import MetricsLogger, check_backends
@@ -162,7 +170,9 @@ def retrieval_metrics(head: AlignmentHead, data: EvalData, device: torch.device)
     head.eval()
 
     def embed(fn, feats: Tensor) -> Tensor:
-        return torch.cat([fn(feats[i : i + EVAL_CHUNK].to(device)).float().cpu() for i in range(0, len(feats), EVAL_CHUNK)])
+        return torch.cat(
+            [fn(feats[i : i + EVAL_CHUNK].to(device)).float().cpu() for i in range(0, len(feats), EVAL_CHUNK)]
+        )
 
     image = embed(head.encode_image, data.image)
     text = embed(head.encode_text, data.text)
@@ -198,7 +208,13 @@ def compute_loss(cfg: TrainConfig, head: torch.nn.Module, model: AlignmentHead, 
     image, text, extra = head(batch.image, batch.text, batch.extra_text)
     if cfg.loss == "siglip":
         return siglip_loss(
-            image, text, model.logit_scale, model.logit_bias, extra_text=extra, chunk_size=cfg.chunk_size, group=group
+            image,
+            text,
+            model.logit_scale,
+            model.logit_bias,
+            extra_text=extra,
+            chunk_size=cfg.chunk_size,
+            group=group,
         )
     return clip_loss(image, text, model.logit_scale, extra_text=extra, chunk_size=cfg.chunk_size, group=group)
 
@@ -251,8 +267,12 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         log.info("resumed from %s at step %d", resume_path, start_step)
     head: torch.nn.Module = model
     if world > 1:
-        head = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    eval_data = load_eval_data(cfg.val_image_features, cfg.val_text_features) if cfg.val_image_features else None
+        head = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    eval_data = (
+        load_eval_data(cfg.val_image_features, cfg.val_text_features) if cfg.val_image_features else None
+    )
 
     logger = MetricsLogger(
         cfg.output_dir,
@@ -314,13 +334,15 @@ def train(cfg: TrainConfig) -> dict[str, float]:
                     "loss": mean[0],
                     "positive": mean[1],
                     "negative": mean[2],
-                    "logit_scale": float(model.logit_scale),
-                    "logit_bias": float(model.logit_bias),
+                    "logit_scale": float(model.logit_scale.detach()),
+                    "logit_bias": float(model.logit_bias.detach()),
                     "lr": optimizer.param_groups[0]["lr"],
                     "pairs_per_s": window_steps * cfg.batch_size / max(elapsed, 1e-9),
                     "epoch": epoch,
                 }
-                if eval_data is not None and (done == total_steps or (cfg.val_every and done % cfg.val_every == 0)):
+                if eval_data is not None and (
+                    done == total_steps or (cfg.val_every and done % cfg.val_every == 0)
+                ):
                     last.update(retrieval_metrics(model, eval_data, device))
                 logger.log(done, last)
                 bar.set_postfix(
@@ -372,42 +394,120 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d = TrainConfig
     g = p.add_argument_group("data")
-    g.add_argument("--image-features", required=True, help="image feature store (.h5) from `python -m encode image`")
-    g.add_argument("--text-features", required=True, nargs="+", help="caption stores (several = several captions per image)")
-    g.add_argument("--extra-text-features", nargs="+", default=[], help="stores of a second positive caption per image (SAIL's extra_text)")
+    g.add_argument(
+        "--image-features", required=True, help="image feature store (.h5) from `python -m encode image`"
+    )
+    g.add_argument(
+        "--text-features",
+        required=True,
+        nargs="+",
+        help="caption stores (several = several captions per image)",
+    )
+    g.add_argument(
+        "--extra-text-features",
+        nargs="+",
+        default=[],
+        help="stores of a second positive caption per image (SAIL's extra_text)",
+    )
     g.add_argument("--val-image-features", help="held-out image store for i2t/t2i R@1/5/10")
     g.add_argument("--val-text-features", nargs="+", default=[], help="held-out caption stores")
-    g.add_argument("--data-mode", default=d.data_mode, choices=["auto", "ram", "gpu", "stream"], help="where batches are assembled from; stream = block-shuffled HDF5 reads")
-    g.add_argument("--stream-block", type=int, default=d.stream_block, help="pairs per shuffled block in stream mode")
+    g.add_argument(
+        "--data-mode",
+        default=d.data_mode,
+        choices=["auto", "ram", "gpu", "stream"],
+        help="where batches are assembled from; stream = block-shuffled HDF5 reads",
+    )
+    g.add_argument(
+        "--stream-block", type=int, default=d.stream_block, help="pairs per shuffled block in stream mode"
+    )
     g = p.add_argument_group("head")
     g.add_argument("--head", default=d.head, choices=HEADS)
-    g.add_argument("--width-factor", type=int, default=d.width_factor, help="star head: hidden width = factor x input dim")
-    g.add_argument("--target-dim", type=int, default=None, help="embedding dim (default 1024; the image dim for sharelock)")
-    g.add_argument("--hidden-dim", type=int, default=None, help="hidden width of mlp (default 4 x in) and sharelock (default 4096)")
-    g.add_argument("--logit-scale", type=float, default=d.logit_scale, help="initial logit scale (learned as a log, clamped to <= 100)")
+    g.add_argument(
+        "--width-factor",
+        type=int,
+        default=d.width_factor,
+        help="star head: hidden width = factor x input dim",
+    )
+    g.add_argument(
+        "--target-dim",
+        type=int,
+        default=None,
+        help="embedding dim (default 1024; the image dim for sharelock)",
+    )
+    g.add_argument(
+        "--hidden-dim",
+        type=int,
+        default=None,
+        help="hidden width of mlp (default 4 x in) and sharelock (default 4096)",
+    )
+    g.add_argument(
+        "--logit-scale",
+        type=float,
+        default=d.logit_scale,
+        help="initial logit scale (learned as a log, clamped to <= 100)",
+    )
     g.add_argument("--logit-bias", type=float, default=d.logit_bias, help="initial logit bias (siglip)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--loss", default=d.loss, choices=LOSSES)
     g.add_argument("--chunk-size", type=int, default=d.chunk_size, help="block size of the chunked loss")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (all processes together)")
+    g.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help="global batch (all processes together)"
+    )
     g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
     g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--wd", type=float, default=d.wd, help="weight decay (weight matrices only unless --decay-norm-and-bias)")
-    g.add_argument("--decay-norm-and-bias", action="store_true", help="also decay norms, biases and logit scale/bias (SAIL's behaviour)")
-    g.add_argument("--betas", type=float, nargs=2, default=None, help="optimizer betas (default lion 0.9 0.99, adamw 0.9 0.999)")
+    g.add_argument(
+        "--wd",
+        type=float,
+        default=d.wd,
+        help="weight decay (weight matrices only unless --decay-norm-and-bias)",
+    )
+    g.add_argument(
+        "--decay-norm-and-bias",
+        action="store_true",
+        help="also decay norms, biases and logit scale/bias (SAIL's behaviour)",
+    )
+    g.add_argument(
+        "--betas",
+        type=float,
+        nargs=2,
+        default=None,
+        help="optimizer betas (default lion 0.9 0.99, adamw 0.9 0.999)",
+    )
     g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--warmup", type=float, default=d.warmup, help="warmup: < 1 = fraction of all steps, >= 1 = steps")
+    g.add_argument(
+        "--warmup", type=float, default=d.warmup, help="warmup: < 1 = fraction of all steps, >= 1 = steps"
+    )
     g.add_argument("--grad-clip", type=float, default=None, help="clip the global grad norm to this value")
-    g.add_argument("--precision", default=d.precision, choices=PRECISIONS, help="autocast dtype on GPU; CPU always runs fp32")
+    g.add_argument(
+        "--precision",
+        default=d.precision,
+        choices=PRECISIONS,
+        help="autocast dtype on GPU; CPU always runs fp32",
+    )
     g.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("run")
     g.add_argument("--output-dir", required=True)
-    g.add_argument("--resume", default=None, help="'latest' (newest checkpoint in --output-dir, or start fresh) or a step_N dir")
-    g.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (and at the end)")
+    g.add_argument(
+        "--resume",
+        default=None,
+        help="'latest' (newest checkpoint in --output-dir, or start fresh) or a step_N dir",
+    )
+    g.add_argument(
+        "--save-every", type=int, default=d.save_every, help="checkpoint every N steps (and at the end)"
+    )
     g.add_argument("--keep-last", type=int, default=d.keep_last, help="checkpoints kept (0 = all)")
-    g.add_argument("--log-every", type=int, default=d.log_every, help="log metrics (and check the loss is finite) every N steps")
-    g.add_argument("--val-every", type=int, default=d.val_every, help="validate every N steps (0 = only at the end)")
-    g.add_argument("--tensorboard", action="store_true", help="also log to OUTPUT/tensorboard (needs tensorboard)")
+    g.add_argument(
+        "--log-every",
+        type=int,
+        default=d.log_every,
+        help="log metrics (and check the loss is finite) every N steps",
+    )
+    g.add_argument(
+        "--val-every", type=int, default=d.val_every, help="validate every N steps (0 = only at the end)"
+    )
+    g.add_argument(
+        "--tensorboard", action="store_true", help="also log to OUTPUT/tensorboard (needs tensorboard)"
+    )
     g.add_argument("--wandb-project", default=None, help="also log to this wandb project (needs wandb)")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -434,7 +534,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if dist.is_initialized():
             dist.destroy_process_group()
     if metrics and int(os.environ.get("RANK", "0")) == 0:
-        print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)))
+        summary = " ".join(
+            f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)
+        )
+        sys.stdout.write(summary + "\n")
     return 0
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from data_preparation.checks import ImageChecks
-from data_preparation.download import OUTPUT_FORMATS, RESIZE_MODES
+from data_preparation.download import DISTRIBUTORS, OUTPUT_FORMATS, RESIZE_MODES
 from data_preparation.pipeline import (
     CocoConfig,
     DownloadConfig,
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--distributor",
-        choices=("multiprocessing", "pyspark", "ray"),
+        choices=DISTRIBUTORS,
         default="multiprocessing",
         help="img2dataset distributor; pyspark/ray use an existing cluster session (default: %(default)s)",
     )

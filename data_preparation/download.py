@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.util
 import json
 import math
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ DOWNLOAD_FAILED = "download_failed"
 RESIZE_FAILED = "resize_failed"
 SHARD_DIGITS = 5  # img2dataset's default oom_shard_count: shard names 00000, 00001, ...
 OUTPUT_FORMATS = ("files", "webdataset")
+DISTRIBUTORS = ("multiprocessing", "pyspark", "ray")
 RESIZE_MODES = ("keep_ratio", "center_crop", "border", "keep_ratio_largest")
 
 
@@ -45,6 +48,13 @@ class DownloadOptions:
     distributor: str = "multiprocessing"
 
     def __post_init__(self) -> None:
+        if self.distributor not in DISTRIBUTORS:
+            raise PrepareError(f"distributor must be one of {DISTRIBUTORS}, got {self.distributor!r}")
+        if self.distributor != "multiprocessing" and importlib.util.find_spec(self.distributor) is None:
+            # img2dataset's ray distributor silently does nothing when ray is missing.
+            raise PrepareError(
+                f"--distributor {self.distributor} needs the {self.distributor} package: pip install {self.distributor}"
+            )
         if self.output_format not in OUTPUT_FORMATS:
             raise PrepareError(f"output format must be one of {OUTPUT_FORMATS}, got {self.output_format!r}")
         if self.resize_mode not in RESIZE_MODES:
@@ -85,6 +95,9 @@ def run_img2dataset(
     from img2dataset import download
 
     resize = options.image_size is not None
+    sigint = signal.getsignal(
+        signal.SIGINT
+    )  # download() installs its own Ctrl-C handler; put ours back after
     with _checked_resizer(checks):
         download(
             url_list=str(url_table),
@@ -110,6 +123,7 @@ def run_img2dataset(
             oom_shard_count=SHARD_DIGITS,
             enable_wandb=False,
         )
+    signal.signal(signal.SIGINT, sigint)
 
 
 def read_shards(folder: Path, shards: list[str]) -> dict[str, int]:

@@ -65,6 +65,7 @@ def reset_output(out: Path, overwrite: bool) -> None:
 def check_resume_config(out: Path, config: dict[str, Any], exempt: tuple[str, ...]) -> None:
     """A resume must use the settings the folder was started with (``exempt`` fields may change)."""
     saved = json.loads((out / CONFIG_NAME).read_text())
+    config = json.loads(json.dumps(config, default=str))  # compare as saved: tuples become lists
     changed = {
         k: (saved.get(k), v)
         for k, v in config.items()

@@ -149,6 +149,7 @@ def prepare_download(config: DownloadConfig, *, resume: bool = False, overwrite:
     )
     captions = resolve_caption_columns(table, config.caption_columns, config.table)
     config = _with_captions(config, captions)
+    config.download_options()  # validates the img2dataset settings (distributor installed, ...)
     options, checks = config.download_options(), config.checks()
     if config.key_column in captions:
         raise PrepareError(

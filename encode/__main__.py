@@ -15,6 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import h5py
+
 from encode.inputs import (
     DEFAULT_CAPTION_COLUMN,
     DEFAULT_IMAGE_COLUMN,
@@ -22,7 +24,7 @@ from encode.inputs import (
     InputError,
     load_rows,
 )
-from encode.store import StoreError, check_keys
+from encode.store import FeatureStore, StoreError, StoreMeta, check_keys
 
 EXIT_BAD_INPUT = 2
 
@@ -63,31 +65,55 @@ def _non_negative_int(text: str) -> int:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="registry name, Hugging Face hub id or local folder")
-    parser.add_argument("--data", required=True, type=Path, help="input: manifest, folder, COCO JSON, shards")
-    parser.add_argument("--out", required=True, type=Path, help="the HDF5 store to write (its folder must exist)")
     parser.add_argument(
-        "--key-column", default=DEFAULT_KEY_COLUMN, help="manifest column with the row key (default: %(default)s)"
+        "--model", required=True, metavar="MODEL", help="registry name, Hugging Face hub id or local folder"
     )
-    parser.add_argument("--batch-size", type=_positive_int, default=64, help="rows per forward (default: 64)")
+    parser.add_argument(
+        "--data", required=True, type=Path, metavar="INPUT", help="manifest, folder, COCO JSON or .tar shards"
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="FILE.h5",
+        help="the store to write (its folder must exist)",
+    )
+    parser.add_argument(
+        "--key-column",
+        default=DEFAULT_KEY_COLUMN,
+        metavar="COL",
+        help="manifest column with the row key (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=64, metavar="N", help="rows per forward (default: 64)"
+    )
     parser.add_argument(
         "--num-workers",
         type=_non_negative_int,
         default=min(8, os.cpu_count() or 1),
+        metavar="N",
         help="DataLoader processes reading and decoding images (default: min(8, CPUs) = %(default)s)",
     )
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument(
         "--resume",
         action="store_true",
-        help="continue an interrupted store from its last flushed batch (same settings and --batch-size)",
+        help="continue an interrupted --out from its last flushed batch (same command and --batch-size); "
+        "a complete --out is left as it is",
     )
     existing.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    parser.add_argument("--limit", type=_positive_int, help="encode only the first N rows of the input")
     parser.add_argument(
-        "--dtype", choices=("float16", "float32"), default="float16", help="stored feature dtype (default: float16)"
+        "--limit", type=_positive_int, metavar="N", help="encode only the first N rows of the input"
     )
-    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float16", "float32"),
+        default="float16",
+        help="stored feature dtype (default: float16)",
+    )
+    parser.add_argument(
+        "--device", metavar="DEVICE", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)"
+    )
     parser.add_argument(
         "--trust-remote-code",
         action="store_true",
@@ -111,16 +137,22 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(image)
-    image.add_argument("--image-root", type=Path, help="folder the manifest's image paths / COCO file names are in")
+    image.add_argument(
+        "--image-root",
+        type=Path,
+        metavar="DIR",
+        help="folder the manifest's image paths or the COCO file names are relative to",
+    )
     image.add_argument(
         "--image-column",
         default=DEFAULT_IMAGE_COLUMN,
+        metavar="COL",
         help="manifest column with the image path (default: %(default)s)",
     )
     image.add_argument(
         "--pooling",
         metavar="cls|mean|concat",
-        help="ViT pooling: cls, mean (patch tokens) or concat (cls ‖ mean); default: the model's documented one",
+        help="ViT pooling: cls, mean (of patch tokens) or concat (cls ‖ mean); default: the model's documented one",
     )
     text = modes.add_parser(
         "text",
@@ -133,27 +165,85 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument(
         "--caption-column",
         default=DEFAULT_CAPTION_COLUMN,
-        help="caption column (manifest column, COCO 'caption', WebDataset .json field or 'txt'; default: %(default)s)",
+        metavar="COL",
+        help="manifest column, COCO 'caption', or WebDataset .json field / 'txt' (default: %(default)s)",
     )
-    text.add_argument("--instruction", help="task instruction for instruction-tuned embedders (NV-Embed, gte-Qwen2)")
-    text.add_argument("--max-length", type=_positive_int, help="token limit (default: the model's own)")
-    text.add_argument("--text-pooling", help="override the model's documented pooling (e.g. mean, cls, last_token)")
+    text.add_argument(
+        "--instruction",
+        metavar="TEXT",
+        help="task instruction for instruction-tuned embedders (NV-Embed-v2 ...)",
+    )
+    text.add_argument(
+        "--max-length", type=_positive_int, metavar="TOKENS", help="token limit (default: the model's own)"
+    )
+    text.add_argument(
+        "--text-pooling",
+        metavar="POOLING",
+        help="override the model's documented pooling (mean, cls, last_token)",
+    )
     return parser
 
 
 def _fail(err: BaseException | str) -> int:
     message = " ".join(str(err).split())
-    print(f"python -m encode: error: {message}", file=sys.stderr)
+    print(f"python -m encode: error: {message}", file=sys.stderr)  # noqa: T201
     return EXIT_BAD_INPUT
 
 
-def _check_output(out: Path, resume: bool, overwrite: bool) -> None:
+def _check_output(out: Path, args: argparse.Namespace) -> StoreMeta | None:
+    """Output checks that need no model; a resume against another modality, dtype or caption column fails here.
+
+    Returns the settings of the store that ``--resume`` will continue, if there is one.
+    """
     if not out.parent.is_dir():
         raise StoreError(f"output folder {out.parent} does not exist; create it first")
     if out.is_dir():
         raise StoreError(f"--out {out} is a folder; give a file name such as {out / 'features.h5'}")
-    if out.exists() and not (resume or overwrite):
+    if not out.exists() or args.overwrite:
+        return None
+    if not args.resume:
         raise StoreError(f"{out} already exists. Pass --resume to continue it, or --overwrite to replace it.")
+    try:
+        with h5py.File(out, "r") as f:
+            stored = StoreMeta.from_attrs(f.attrs)
+    except (OSError, KeyError, TypeError) as err:
+        raise StoreError(
+            f"{out} cannot be resumed: it is not a feature store ({err}); use --overwrite"
+        ) from err
+    wanted = {
+        "modality": args.modality,
+        "dtype": args.dtype,
+        "caption_column": args.caption_column if args.modality == "text" else None,
+    }
+    diffs = [
+        f"{k}: {getattr(stored, k)!r} in the file != {v!r} now"
+        for k, v in wanted.items()
+        if getattr(stored, k) != v
+    ]
+    if diffs:
+        raise StoreError(
+            f"{out} was written with other settings and cannot be resumed: {'; '.join(diffs)}. "
+            "Use another --out, or --overwrite to start again."
+        )
+    return stored
+
+
+def _reusable(out: Path, stored: StoreMeta, args: argparse.Namespace, source: str, keys: list[str]) -> bool:
+    """A complete store that this command asked for by name and rows: --resume keeps it without loading the model.
+
+    Anything not decidable without the model (a renamed alias, a default pooling) falls through to the full check.
+    """
+    text = args.modality == "text"
+    pooling = args.text_pooling if text else args.pooling
+    asked = stored.model == args.model and stored.source == source and pooling in (None, stored.pooling)
+    if text:
+        asked = (
+            asked and stored.instruction == args.instruction and args.max_length in (None, stored.max_length)
+        )
+    if not asked:
+        return False
+    with h5py.File(out, "r") as f:
+        return bool(f.attrs.get("complete", False)) and f["keys"].asstr()[...].tolist() == keys
 
 
 def _resolve_device(requested: str | None, local_rank: int) -> str:
@@ -172,9 +262,28 @@ def _resolve_device(requested: str | None, local_rank: int) -> str:
     return device
 
 
+def load_backbone(args: argparse.Namespace, device: str):
+    """The backbone the arguments name, through the registry of :mod:`encode.backbones`."""
+    from encode.backbones import load_image_backbone, load_text_backbone
+
+    if args.modality == "text":
+        return load_text_backbone(
+            args.model,
+            pooling=args.text_pooling,
+            instruction=args.instruction,
+            max_length=args.max_length,
+            device=device,
+            trust_remote_code=args.trust_remote_code,
+        )
+    return load_image_backbone(
+        args.model, pooling=args.pooling, device=device, trust_remote_code=args.trust_remote_code
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("encode").setLevel(logging.INFO)
     text = args.modality == "text"
 
     # 1. Everything that needs no model: the input, its keys, the output path.
@@ -187,11 +296,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             caption_columns=[args.caption_column] if text else (),
             need_images=not text,
         )
-        keys = rows.caption_rows(args.caption_column).head(args.limit).keys if text else rows.head(args.limit).keys
+        keys = (
+            rows.caption_rows(args.caption_column).head(args.limit).keys
+            if text
+            else rows.head(args.limit).keys
+        )
         check_keys(keys)
-        _check_output(args.out, args.resume, args.overwrite)
+        stored = _check_output(args.out, args)
     except (InputError, StoreError) as err:
         return _fail(err)
+    if stored is not None and _reusable(args.out, stored, args, rows.source, keys):
+        if int(os.environ.get("RANK", "0")) == 0:
+            from encode.pipeline import EncodeSummary
+
+            with FeatureStore(args.out) as store:
+                summary = EncodeSummary(
+                    args.out, len(store), store.failures, store.failed_keys, resumed_from=len(store)
+                )
+            _report(summary, stored.dim, stored.dtype)
+        return 0
 
     from encode import distributed
     from encode.pipeline import EncodeOptions, encode_images, encode_texts
@@ -203,22 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(err)
 
     # 2. The model (unknown names, remote code without --trust-remote-code, bad pooling fail here).
-    from encode.backbones import load_image_backbone, load_text_backbone
-
     try:
-        if text:
-            backbone = load_text_backbone(
-                args.model,
-                pooling=args.text_pooling,
-                instruction=args.instruction,
-                max_length=args.max_length,
-                device=device,
-                trust_remote_code=args.trust_remote_code,
-            )
-        else:
-            backbone = load_image_backbone(
-                args.model, pooling=args.pooling, device=device, trust_remote_code=args.trust_remote_code
-            )
+        backbone = load_backbone(args, device)
     except (ValueError, OSError) as err:
         return _fail(f"cannot load model {args.model!r}: {err}")
 
@@ -233,7 +342,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if text:
             summary = encode_texts(
-                rows, backbone, args.out, caption_column=args.caption_column, limit=args.limit, options=options
+                rows,
+                backbone,
+                args.out,
+                caption_column=args.caption_column,
+                limit=args.limit,
+                options=options,
             )
         else:
             summary = encode_images(rows, backbone, args.out, limit=args.limit, options=options)
@@ -241,23 +355,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(err)
     if world.rank == 0:
         _report(summary, backbone.dim, args.dtype)
+    distributed.finish()
     return 0
 
 
 def _report(summary, dim: int, dtype: str) -> None:
     if summary.resumed_from == summary.rows and summary.encoded_rows == 0:
-        print(f"{summary.path} was already complete: {summary.rows} rows x {dim} ({dtype})")
+        print(f"{summary.path} was already complete: {summary.rows} rows x {dim} ({dtype})")  # noqa: T201
     else:
         resumed = f", resumed at row {summary.resumed_from}" if summary.resumed_from else ""
-        speed = f" in {summary.seconds:.1f}s ({summary.rows_per_second:.1f} rows/s)" if summary.seconds else ""
-        print(f"wrote {summary.path}: {summary.rows} rows x {dim} ({dtype}){resumed}{speed}")
+        speed = (
+            f" in {summary.seconds:.1f}s ({summary.rows_per_second:.1f} rows/s)" if summary.seconds else ""
+        )
+        print(f"wrote {summary.path}: {summary.rows} rows x {dim} ({dtype}){resumed}{speed}")  # noqa: T201
     if summary.failures:
         first = ", ".join(summary.failed_keys)
-        print(f"{summary.failures} rows failed (valid=False, NaN features); first keys: {first}")
+        print(f"{summary.failures} rows failed (valid=False, NaN features); first keys: {first}")  # noqa: T201
         for key, reason in summary.failure_reasons.items():
-            print(f"  {key}: {reason}")
+            print(f"  {key}: {reason}")  # noqa: T201
     else:
-        print("0 rows failed")
+        print("0 rows failed")  # noqa: T201
 
 
 if __name__ == "__main__":

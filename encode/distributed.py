@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-import h5py
 import torch.distributed as dist
 
 from encode.store import FeatureStore, FeatureStoreWriter, StoreError, StoreMeta
@@ -46,6 +45,12 @@ def init_from_env() -> World:
     return World(current_world().rank, current_world().size, int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def finish() -> None:
+    """Leave the process group if :func:`init_from_env` joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def current_world() -> World:
     if dist.is_available() and dist.is_initialized():
         return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
@@ -62,11 +67,6 @@ def shard_bounds(n_rows: int, batch_size: int, rank: int, world_size: int) -> tu
 
 def shard_path(out: Path, rank: int, world_size: int) -> Path:
     return out.with_name(f"{out.stem}.shard-{rank}-of-{world_size}{out.suffix}")
-
-
-def _store_complete(path: Path) -> bool:
-    with h5py.File(path, "r") as f:
-        return bool(f.attrs.get("complete", False))
 
 
 def run_sharded(
@@ -88,9 +88,6 @@ def run_sharded(
     if out.exists() and not overwrite:
         # Validates the request (settings and rows must match, else StoreError) without writing anything.
         FeatureStoreWriter.preflight(out, meta, keys, image_keys, resume=resume)
-        if _store_complete(out):
-            logger.info("%s is already complete", out)
-            return _summary(out)
     start, stop = shard_bounds(len(keys), batch_size, world.rank, world.size)
     if stop > start:
         encode_shard(shard_path(out, world.rank, world.size), start, stop)

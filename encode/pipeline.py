@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import h5py
 import numpy as np
 import torch
 from PIL import Image
@@ -33,7 +34,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from encode import distributed
 from encode.inputs import CaptionRows, ImageRef, Rows, TarMember
-from encode.store import MAX_REPORTED_FAILURES, FeatureStoreWriter, StoreMeta
+from encode.store import MAX_REPORTED_FAILURES, FeatureStore, FeatureStoreWriter, StoreMeta
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +216,9 @@ def text_job(
             valid = np.array([bool(t.strip()) for t in texts], dtype=bool)
             features = np.full((len(texts), backbone.dim), np.nan, dtype=np.float32)
             if valid.any():
-                features[valid] = backbone.encode([t for t, ok in zip(texts, valid, strict=True) if ok]).numpy()
+                features[valid] = backbone.encode(
+                    [t for t, ok in zip(texts, valid, strict=True) if ok]
+                ).numpy()
             yield Batch(features, valid, [None if ok else "empty caption" for ok in valid])
 
     return EncodeJob(meta, captions.keys, captions.image_keys, batches)
@@ -245,6 +248,9 @@ def run_job(job: EncodeJob, out: Path, options: EncodeOptions) -> EncodeSummary:
     """Encode ``job`` into ``out``; under an initialised multi-rank process group, split across ranks."""
     world = distributed.current_world()
     if world.size > 1:
+        complete = _complete_store(job.meta, job.keys, job.image_keys, out, options)
+        if complete is not None:
+            return complete
         merged = distributed.run_sharded(
             job.meta,
             job.keys,
@@ -262,6 +268,21 @@ def run_job(job: EncodeJob, out: Path, options: EncodeOptions) -> EncodeSummary:
     return encode_range(job, out, 0, len(job.keys), options)
 
 
+def _complete_store(
+    meta: StoreMeta, keys: Sequence[str], image_keys: Sequence[str] | None, out: Path, options: EncodeOptions
+) -> EncodeSummary | None:
+    """With ``resume``, a complete ``out`` of the same settings and rows is left untouched, byte for byte."""
+    if not (options.resume and out.exists()):
+        return None
+    FeatureStoreWriter.preflight(out, meta, keys, image_keys, resume=True)  # StoreError if it differs
+    with h5py.File(out, "r") as f:
+        if not f.attrs.get("complete", False):
+            return None
+    logger.debug("%s is already complete", out)
+    with FeatureStore(out) as store:
+        return EncodeSummary(out, len(store), store.failures, store.failed_keys, resumed_from=len(store))
+
+
 def encode_range(
     job: EncodeJob,
     out: Path,
@@ -274,6 +295,9 @@ def encode_range(
     """Encode rows ``[start, stop)`` of ``job`` into a store of exactly those rows at ``out``."""
     keys = job.keys[start:stop]
     image_keys = job.image_keys[start:stop] if job.image_keys is not None else None
+    complete = _complete_store(job.meta, keys, image_keys, out, options)
+    if complete is not None:
+        return complete
     writer = FeatureStoreWriter(
         out,
         job.meta,

@@ -58,16 +58,27 @@ def hash_state_dict(state_dict: dict[str, Tensor]) -> str:
     return digest.hexdigest()
 
 
+def _weights(model: object) -> dict[str, Tensor] | None:
+    """The weights hashed into the fingerprint: ``model.state_dict()``, else the ``head`` module's weights
+    (align's ``AlignedModel``: its frozen backbones are named with their revision in ``model.config``)."""
+    if callable(getattr(model, "state_dict", None)):
+        return model.state_dict()
+    head = getattr(model, "head", None)
+    if isinstance(head, torch.nn.Module):
+        return {f"head.{name}": value for name, value in head.state_dict().items()}
+    return None
+
+
 def model_fingerprint(model: object) -> str:
     """A stable id of the model's config and weights (``model.fingerprint`` when it provides one)."""
     own = getattr(model, "fingerprint", None)
     if isinstance(own, str) and own:
         return own
-    state_dict = model.state_dict() if callable(getattr(model, "state_dict", None)) else None
+    state_dict = _weights(model)
     if state_dict is None:
         raise ValueError(
-            f"cannot fingerprint {type(model).__name__}: give it a `fingerprint` string or a `state_dict()` "
-            "method, or run without the feature cache (--no-cache)"
+            f"cannot fingerprint {type(model).__name__}: give it a `fingerprint` string, a `state_dict()` "
+            "method or a `head` module"
         )
     payload = json.dumps(model_config(model), sort_keys=True) + "|" + hash_state_dict(state_dict)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]

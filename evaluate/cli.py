@@ -36,7 +36,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--model",
         required=True,
         help="open_clip:ARCH/PRETRAINED (tag or checkpoint file), or a checkpoint directory "
-        "(align/ run or step dir; vlm2vec checkpoints once registered)",
+        "(an align/ run or step_N dir, or a vlm2vec/ checkpoint)",
     )
     parser.add_argument(
         "--data", required=True, help="dataset path in the task's layout (see the task's --help)"
@@ -52,6 +52,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=0, help="DataLoader workers reading images (default 0)"
     )
     parser.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let checkpoint loaders run hub code their backbone ships (vlm2vec); off by default",
+    )
     parser.add_argument(
         "--name", default=None, help="dataset name in results and reports (default: inferred)"
     )
@@ -269,7 +274,7 @@ def run(args: argparse.Namespace) -> EvalResult:
     if args.output is not None and args.output.is_dir():
         raise ValueError(f"--output {args.output} is a directory; give a file name ending in .json")
     runner, dataset, needs = prepare(args)
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
     check_capabilities(model, needs, args.task)
     if args.task == "mmeb" and not callable(getattr(model, "encode", None)):
         check_capabilities(model, ("encode_image", "encode_text"), "mmeb (score fusion of a two-tower model)")

@@ -407,6 +407,13 @@ def load_mmeb(
                 raise _fail(
                     f"{name} row {i}: tgt_text and tgt_img_path need the same length >= 2", MMEB_LAYOUT
                 )
+        empty_target = [
+            i
+            for i, (texts, images) in enumerate(zip(subset.target_texts, subset.target_images, strict=True))
+            if any(not t and p is None for t, p in zip(texts, images, strict=True))
+        ]
+        if empty_target:
+            raise _fail(f"{name} row {empty_target[0]}: a candidate without text and image", MMEB_LAYOUT)
         empty = [
             i
             for i, (t, p) in enumerate(zip(subset.query_texts, subset.query_images, strict=True))

@@ -7,8 +7,9 @@ Specs:
   initialised (tests, smoke runs); ``open_clip:hf-hub:ORG/NAME`` an open_clip hub model.
 - a checkpoint directory, matched against :data:`CHECKPOINT_LOADERS` in order. Built in: an ``align/`` checkpoint
   (``head.safetensors`` + ``config.json``, or a training output directory holding ``checkpoints/step_N``).
-  Other packages register their checkpoints with :func:`register_checkpoint_loader` (e.g. ``vlm2vec``: a
-  :class:`CheckpointLoader` whose ``detect`` reads the directory's ``config.json``).
+  a ``vlm2vec/`` checkpoint (``vlm2vec_config.json``). Further kinds are added with
+  :func:`register_checkpoint_loader` (a :class:`CheckpointLoader`: a ``detect`` test on the directory, e.g. on
+  its ``config.json`` via :func:`read_config_json`, and the ``module:Class`` to import lazily).
 """
 
 from __future__ import annotations
@@ -99,10 +100,24 @@ def read_config_json(directory: Path) -> dict:
 
 
 def _is_align_checkpoint(directory: Path) -> bool:
-    return (directory / "head.safetensors").is_file() or any((directory / "checkpoints").glob("step_*"))
+    return (
+        (directory / "head.safetensors").is_file()
+        or read_config_json(directory).get("format") == "align-head"
+        or any((directory / "checkpoints").glob("step_*"))
+    )
+
+
+def _is_vlm2vec_checkpoint(directory: Path) -> bool:
+    return (directory / "vlm2vec_config.json").is_file()
 
 
 CHECKPOINT_LOADERS: list[CheckpointLoader] = [
+    CheckpointLoader(
+        name="vlm2vec",
+        detect=_is_vlm2vec_checkpoint,
+        load="vlm2vec.model:VLM2VecModel",
+        description="vlm2vec/ checkpoint (vlm2vec_config.json beside the VLM weights or LoRA adapter)",
+    ),
     CheckpointLoader(
         name="align",
         detect=_is_align_checkpoint,
@@ -149,8 +164,11 @@ def _kinds() -> str:
     return "; ".join(f"{loader.name}: {loader.description}" for loader in CHECKPOINT_LOADERS)
 
 
-def load_model(spec: str, device: str | torch.device = "cpu") -> object:
-    """Build the model a ``--model`` spec names (see the module docstring); clear error if none matches."""
+def load_model(spec: str, device: str | torch.device = "cpu", trust_remote_code: bool = False) -> object:
+    """Build the model a ``--model`` spec names (see the module docstring); clear error if none matches.
+
+    ``trust_remote_code`` is passed on (only when True) to checkpoint loaders that build hub models.
+    """
     if spec.startswith(OPEN_CLIP_PREFIX):
         import open_clip
 
@@ -170,8 +188,8 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> object:
         if loader.detect(directory):
             if loader.name == "align":
                 directory = _resolve_align_dir(directory)
-            model = _import(loader.load).from_pretrained(directory, device=device)
-            return model
+            extra = {"trust_remote_code": True} if trust_remote_code else {}
+            return _import(loader.load).from_pretrained(directory, device=device, **extra)
     raise ModelSpecError(
         f"{directory} is not a checkpoint directory of a known kind; " + SPEC_HELP.format(kinds=_kinds())
     )

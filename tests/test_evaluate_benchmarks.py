@@ -70,8 +70,10 @@ def test_winoground_datasets_save_to_disk_copy(tmp_path, monkeypatch):
     import datasets
 
     use_fake_checkpoints(monkeypatch)
-    rows = [r | {"image_0": solid_image(WINO_IMAGES[r["id"]][0]), "image_1": solid_image(WINO_IMAGES[r["id"]][1])}
-            for r in _wino_rows()]
+    rows = [
+        r | {"image_0": solid_image(WINO_IMAGES[r["id"]][0]), "image_1": solid_image(WINO_IMAGES[r["id"]][1])}
+        for r in _wino_rows()
+    ]
     features = datasets.Features({
         "id": datasets.Value("int32"), "image_0": datasets.Image(), "image_1": datasets.Image(),
         "caption_0": datasets.Value("string"), "caption_1": datasets.Value("string"), "tag": datasets.Value("string"),
@@ -149,19 +151,32 @@ def test_mmeb_eval_layout_with_score_fusion_and_aggregation(tmp_path, monkeypatc
     })  # fmt: skip
     texts = {
         "Represent the given image for classification": [0, 0, 0, 1],
-        "cat": [1, 0, 0, 0], "dog": [0, 1, 0, 0], "fish": [0, 0, 1, 0], "bird": [0, 1, 0, 0],
+        "cat": [1, 0, 0, 0],
+        "dog": [0, 1, 0, 0],
+        "fish": [0, 0, 1, 0],
+        "bird": [0, 1, 0, 0],
         "Retrieve an image of this news caption. storm": [0, 0, 1, 0],
         "Select the portion of the image that isolates the object: the boat": [1, 0, 0, 0],
         # image alone (green = e1) prefers "tree crop"; image+text fused = (e0 + e1)/sqrt2 prefers "boat crop"
-        "boat crop": [0.8, 0.6, 0, 0], "tree crop": [0, 1, 0, 0],
+        "boat crop": [0.8, 0.6, 0, 0],
+        "tree crop": [0, 1, 0, 0],
     }
     model = FakeModel({red: [1, 0, 0, 0], green: [0, 1, 0, 0], blue: [0, 0, 1, 0]}, texts)
     model_dir = model.save_pretrained(tmp_path / "model")
     result = _run(tmp_path, ["mmeb", "--model", str(model_dir), "--data", str(data)])
-    assert result.details["per_dataset"] == pytest.approx({"ImageNet-1K": 50.0, "VisualNews_t2i": 100.0,
-                                                           "RefCOCO": 100.0})
-    assert result.metrics == pytest.approx({"classification": 50.0, "retrieval": 100.0, "grounding": 100.0,
-                                            "IND": 75.0, "OOD": 100.0, "overall": 250 / 3})
+    assert result.details["per_dataset"] == pytest.approx(
+        {"ImageNet-1K": 50.0, "VisualNews_t2i": 100.0, "RefCOCO": 100.0}
+    )
+    assert result.metrics == pytest.approx(
+        {
+            "classification": 50.0,
+            "retrieval": 100.0,
+            "grounding": 100.0,
+            "IND": 75.0,
+            "OOD": 100.0,
+            "overall": 250 / 3,
+        }
+    )
     assert result.counts == {"ImageNet-1K": 2, "VisualNews_t2i": 1, "RefCOCO": 1, "datasets": 3}
     assert result.dataset["subsets"] == ["ImageNet-1K", "VisualNews_t2i", "RefCOCO"]  # MMEB table order
 
@@ -171,8 +186,16 @@ def test_mmeb_rejects_unknown_subsets_and_missing_images(tmp_path, capsys):
     (data / "eval_images").mkdir(parents=True)
     assert main(["mmeb", "--model", "open_clip:RN50", "--data", str(data), "--subsets", "NotAThing"]) == 2
     assert "unknown MMEB datasets" in capsys.readouterr().err
-    _write_mmeb_subset(data, "CIRR", {"qry_text": ["q"], "qry_img_path": ["CIRR/missing.png"],
-                                      "tgt_text": [["a", "b"]], "tgt_img_path": [["", ""]]})
+    _write_mmeb_subset(
+        data,
+        "CIRR",
+        {
+            "qry_text": ["q"],
+            "qry_img_path": ["CIRR/missing.png"],
+            "tgt_text": [["a", "b"]],
+            "tgt_img_path": [["", ""]],
+        },
+    )
     assert main(["mmeb", "--model", "open_clip:RN50", "--data", str(data)]) == 2
     assert "image files are missing" in capsys.readouterr().err
 

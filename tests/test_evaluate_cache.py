@@ -82,6 +82,39 @@ def test_fingerprint_of_a_module_covers_every_weight():
     with torch.no_grad():
         net[0].weight[1, 2] += 1e-3  # a backbone-side change
     assert model_fingerprint(net) != before
-    assert hash_state_dict({"a": torch.zeros(2)}) != hash_state_dict({"a": torch.zeros(2, dtype=torch.float16)})
+    assert hash_state_dict({"a": torch.zeros(2)}) != hash_state_dict(
+        {"a": torch.zeros(2, dtype=torch.float16)}
+    )
     with pytest.raises(ValueError, match="cannot fingerprint"):
         model_fingerprint(object())
+
+
+def _align_checkpoint(directory, seed: int, image_revision: str = "r1"):
+    import dataclasses
+
+    from align.heads import AlignmentHead, HeadConfig
+    from align.model import AlignedModel
+
+    torch.manual_seed(seed)
+    head_config = HeadConfig(head="linear", image_dim=8, text_dim=6, target_dim=4)
+    config = {
+        "head": dataclasses.asdict(head_config),
+        "image_backbone": {"model": "efficientnet-lite0", "revision": image_revision, "pooling": "avg", "dim": 8},
+        "text_backbone": {"model": "all-MiniLM-L6-v2", "revision": "r1", "pooling": "mean", "dim": 6},
+    }
+    return AlignedModel(AlignmentHead(head_config), config).save_pretrained(directory)
+
+
+def test_align_runs_resolve_to_the_latest_step_and_head_or_backbone_changes_change_the_fingerprint(tmp_path):
+    from align.model import AlignedModel
+
+    from evaluate.models import load_model
+
+    old = _align_checkpoint(tmp_path / "run" / "checkpoints" / "step_5", seed=0)
+    new = _align_checkpoint(tmp_path / "run" / "checkpoints" / "step_10", seed=1)
+    model = load_model(str(tmp_path / "run"))  # a training output dir -> its newest checkpoint
+    assert isinstance(model, AlignedModel)
+    assert model_fingerprint(model) == model_fingerprint(load_model(str(new)))
+    assert model_fingerprint(model) != model_fingerprint(load_model(str(old)))  # another head
+    other_backbone = _align_checkpoint(tmp_path / "other", seed=1, image_revision="r2")
+    assert model_fingerprint(load_model(str(other_backbone))) != model_fingerprint(model)

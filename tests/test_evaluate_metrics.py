@@ -36,7 +36,10 @@ def test_retrieval_recall_other_positives_do_not_push_a_positive_down_and_numpy_
 def test_constant_scores_never_score_a_hit():
     scores = torch.zeros(4, 4)
     assert M.retrieval_recall(scores, torch.eye(4, dtype=torch.bool), ks=(1, 3)) == {"R@1": 0.0, "R@3": 0.0}
-    assert M.topk_accuracy(torch.zeros(3, 5), torch.tensor([0, 1, 2]), ks=(1, 4)) == {"top1": 0.0, "top4": 0.0}
+    assert M.topk_accuracy(torch.zeros(3, 5), torch.tensor([0, 1, 2]), ks=(1, 4)) == {
+        "top1": 0.0,
+        "top4": 0.0,
+    }
 
 
 def test_retrieval_recall_rejects_queries_without_positive_and_nan():
@@ -80,7 +83,10 @@ def test_winoground_text_image_group_by_hand():
 
 def test_mmvp_pairs_need_both_statements_right_and_ties_miss():
     correct = M.mmvp_pair_correct(
-        t0_i0=[0.9, 0.9, 0.5, 0.8], t0_i1=[0.1, 0.1, 0.5, 0.2], t1_i0=[0.2, 0.6, 0.1, 0.1], t1_i1=[0.7, 0.4, 0.9, 0.9]
+        t0_i0=[0.9, 0.9, 0.5, 0.8],
+        t0_i1=[0.1, 0.1, 0.5, 0.2],
+        t1_i0=[0.2, 0.6, 0.1, 0.1],
+        t1_i1=[0.7, 0.4, 0.9, 0.9],
     )
     assert correct.tolist() == [True, False, False, True]
     got = M.mmvp_scores(correct, ["Color", "Color", "Color", "Texts"])
@@ -88,9 +94,9 @@ def test_mmvp_pairs_need_both_statements_right_and_ties_miss():
 
 
 def test_precision_at_1_positive_first_ties_are_misses_and_ragged_candidates():
-    assert M.precision_at_1(torch.tensor([[0.9, 0.1, 0.2], [0.5, 0.5, 0.1], [0.1, 0.3, 0.2]])) == pytest.approx(
-        100 / 3
-    )
+    assert M.precision_at_1(
+        torch.tensor([[0.9, 0.1, 0.2], [0.5, 0.5, 0.1], [0.1, 0.3, 0.2]])
+    ) == pytest.approx(100 / 3)
     ragged = [torch.tensor([0.4, 0.3]), np.array([0.2, 0.1, 0.0, 0.3]), torch.tensor([1.0, 0.0, 0.0])]
     assert M.precision_at_1(ragged) == pytest.approx(200 / 3)
     with pytest.raises(ValueError, match=">= 2 candidates"):
@@ -126,10 +132,13 @@ def test_knn_weighted_vote_matches_hand_computation():
 def test_knn_target_class_without_votes_is_a_miss():
     # class 2 gets no vote: it ties with the 5 other unvoted classes, all ranked before it -> rank 6
     train = torch.tensor([[1.0, 0.0], [0.9, 0.1]])
-    got = M.knn_accuracy(train, torch.tensor([0, 0]), torch.tensor([[1.0, 0.0]]), torch.tensor([2]), ks=(2,),
-                         num_classes=7)
+    got = M.knn_accuracy(
+        train, torch.tensor([0, 0]), torch.tensor([[1.0, 0.0]]), torch.tensor([2]), ks=(2,), num_classes=7
+    )
     assert got == {"k2_top1": 0.0, "k2_top5": 0.0}
 
 
 def test_mean_per_class_recall_ignores_absent_classes():
-    assert M.mean_per_class_recall([True, False, True, True], [0, 0, 5, 7]) == pytest.approx((50 + 100 + 100) / 3)
+    assert M.mean_per_class_recall([True, False, True, True], [0, 0, 5, 7]) == pytest.approx(
+        (50 + 100 + 100) / 3
+    )

@@ -38,7 +38,9 @@ def test_zero_shot_weights_equal_open_clip_build_zero_shot_classifier(tiny_arch)
     assert isinstance(model, OpenCLIPModel) and model.config["pretrained"] is None
     classnames = ["tench", "goldfish", "great white shark"]
     templates = list(open_clip.OPENAI_IMAGENET_TEMPLATES)
-    ours = tasks.zeroshot_classifier(model, classnames, templates, tasks.EncodeSettings(FeatureCache(None, "x"), 50))
+    ours = tasks.zeroshot_classifier(
+        model, classnames, templates, tasks.EncodeSettings(FeatureCache(None, "x"), 50)
+    )
     reference = open_clip.build_zero_shot_classifier(
         model.model, model.tokenizer, classnames, templates, num_classes_per_batch=2
     )
@@ -72,8 +74,18 @@ def test_zeroshot_cli_end_to_end_with_open_clip(tiny_arch, tmp_path):
     data = write_imagefolder(tmp_path / "data", {"n1": [PALETTE[0]], "n2": [PALETTE[1], PALETTE[2]]})
     (tmp_path / "names.txt").write_text("tench\ngoldfish\n")
     out = tmp_path / "zs.json"
-    argv = ["zeroshot", "--model", f"open_clip:{tiny_arch}", "--data", str(data), "--classnames",
-            str(tmp_path / "names.txt"), "--output", str(out), "--no-cache"]
+    argv = [
+        "zeroshot",
+        "--model",
+        f"open_clip:{tiny_arch}",
+        "--data",
+        str(data),
+        "--classnames",
+        str(tmp_path / "names.txt"),
+        "--output",
+        str(out),
+        "--no-cache",
+    ]
     assert main(argv) == 0
     result = EvalResult.load(out)
     assert result.counts == {"images": 3, "classes": 2, "classes_with_images": 2, "templates": 80}

@@ -6,8 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from evaluate_helpers import PALETTE, FakeModel, use_fake_checkpoints, write_coco_captions, write_imagefolder, \
-    write_karpathy
+from evaluate_helpers import (
+    PALETTE,
+    FakeModel,
+    use_fake_checkpoints,
+    write_coco_captions,
+    write_imagefolder,
+    write_karpathy,
+)
 
 from evaluate.cli import main
 from evaluate.results import EvalResult
@@ -32,8 +38,10 @@ def test_zeroshot_classifies_among_all_classes_including_those_without_images(tm
         image_vectors={RED: [1, 0, 0], GREEN: [0, 1, 0], BLUE: [0, 0.6, 0.8]},
         text_vectors={"alpha": [1, 0, 0], "beta": [0, 1, 0], "gamma": [0, 0, 1]},
     ).save_pretrained(tmp_path / "model")
-    result = _run(tmp_path, ["zeroshot", "--model", str(model), "--data", str(data),
-                             "--classnames", str(tmp_path / "names.txt")])
+    result = _run(
+        tmp_path,
+        ["zeroshot", "--model", str(model), "--data", str(data), "--classnames", str(tmp_path / "names.txt")],
+    )
     # RED -> alpha (right); GREEN (class n001) -> beta, a class without images (wrong); BLUE -> gamma (right)
     assert result.metrics == pytest.approx({"top1": 200 / 3, "top5": 100.0, "mean_per_class_recall": 75.0})
     assert result.counts == {"images": 3, "classes": 3, "classes_with_images": 2, "templates": 80}
@@ -49,13 +57,28 @@ def test_zeroshot_defaults_to_imagenet_classnames_and_custom_templates(tmp_path,
     wnids = [f"n{i:08d}" for i in range(1000)]
     data = write_imagefolder(tmp_path / "inet", {wnids[1]: [RED], wnids[999]: [GREEN]}, wnids=wnids)
     (tmp_path / "templates.txt").write_text("a photo of a {}.\n")
-    texts = {name: [1.0 if i == j else 0.0 for j in range(1000)] for i, name in enumerate(IMAGENET_CLASSNAMES)}
+    texts = {
+        name: [1.0 if i == j else 0.0 for j in range(1000)] for i, name in enumerate(IMAGENET_CLASSNAMES)
+    }
     # IMAGENET_CLASSNAMES has no duplicates, but some names contain others ("crane"): exact prompt keys avoid it
     texts = {f"a photo of a {name}.": v for name, v in texts.items()}
-    images = {RED: texts[f"a photo of a {IMAGENET_CLASSNAMES[1]}."], GREEN: texts[f"a photo of a {IMAGENET_CLASSNAMES[5]}."]}
+    images = {
+        RED: texts[f"a photo of a {IMAGENET_CLASSNAMES[1]}."],
+        GREEN: texts[f"a photo of a {IMAGENET_CLASSNAMES[5]}."],
+    }
     model = FakeModel(images, texts).save_pretrained(tmp_path / "model")
-    result = _run(tmp_path, ["zeroshot", "--model", str(model), "--data", str(data),
-                             "--templates", str(tmp_path / "templates.txt")])
+    result = _run(
+        tmp_path,
+        [
+            "zeroshot",
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--templates",
+            str(tmp_path / "templates.txt"),
+        ],
+    )
     assert result.dataset["name"] == "imagenet"
     assert result.metrics["top1"] == 50.0 and result.metrics["mean_per_class_recall"] == 50.0
     assert result.counts["classes"] == 1000 and result.counts["templates"] == 1
@@ -78,8 +101,14 @@ COCO_VECTORS = {RED: [1, 0, 0], GREEN: [0, 1, 0], BLUE: [0, 0, 1]}
 # i2t: RED best positive a1 (rank 0); GREEN: b1 = 1 ties with negative a2 -> rank 1; BLUE: c1 rank 0
 # t2i: a1 rank 0; a2 (RED scores 0, GREEN 1, BLUE 0 tie) -> rank 2; b1 rank 0; b2 (GREEN 0, RED & BLUE .71) -> 2;
 #      c1 rank 0
-EXPECTED_RETRIEVAL = {"i2t_R@1": 200 / 3, "i2t_R@5": 100.0, "i2t_R@10": 100.0, "t2i_R@1": 60.0, "t2i_R@5": 100.0,
-                      "t2i_R@10": 100.0}
+EXPECTED_RETRIEVAL = {
+    "i2t_R@1": 200 / 3,
+    "i2t_R@5": 100.0,
+    "i2t_R@10": 100.0,
+    "t2i_R@1": 60.0,
+    "t2i_R@5": 100.0,
+    "t2i_R@10": 100.0,
+}
 
 
 def test_retrieval_on_coco_captions_layout(tmp_path, monkeypatch):
@@ -93,8 +122,18 @@ def test_retrieval_on_coco_captions_layout(tmp_path, monkeypatch):
     assert result.dataset["split"] == "val2017" and result.dataset["name"] == "coco"
     # the same through the JSON path + --image-root
     json_path = tmp_path / "coco" / "annotations" / "captions_val2017.json"
-    again = _run(tmp_path, ["retrieval", "--model", str(model), "--data", str(json_path),
-                            "--image-root", str(tmp_path / "coco" / "val2017")])
+    again = _run(
+        tmp_path,
+        [
+            "retrieval",
+            "--model",
+            str(model),
+            "--data",
+            str(json_path),
+            "--image-root",
+            str(tmp_path / "coco" / "val2017"),
+        ],
+    )
     assert again.metrics == result.metrics
 
 
@@ -103,12 +142,28 @@ def test_retrieval_on_karpathy_json_uses_the_test_split_only(tmp_path, monkeypat
     use_fake_checkpoints(monkeypatch)
     images = [*COCO_IMAGES, YELLOW]
     captions = [*COCO_CAPTIONS, (3, "train caption")]
-    path = write_karpathy(tmp_path / f"dataset_{dataset}.json", tmp_path / "images", dataset,
-                          ["test", "test", "test", "train"], images, captions)
+    path = write_karpathy(
+        tmp_path / f"dataset_{dataset}.json",
+        tmp_path / "images",
+        dataset,
+        ["test", "test", "test", "train"],
+        images,
+        captions,
+    )
     model = FakeModel(COCO_VECTORS | {YELLOW: [1, 1, 1]}, COCO_TEXTS | {"train caption": [1, 0, 0]})
     model_dir = model.save_pretrained(tmp_path / "model")
-    result = _run(tmp_path, ["retrieval", "--model", str(model_dir), "--data", str(path),
-                             "--image-root", str(tmp_path / "images")])
+    result = _run(
+        tmp_path,
+        [
+            "retrieval",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(path),
+            "--image-root",
+            str(tmp_path / "images"),
+        ],
+    )
     assert result.counts == {"images": 3, "captions": 5}
     assert result.dataset == {"name": dataset, "path": str(path), "split": "test"}
     assert {k: result.metrics[k] for k in EXPECTED_RETRIEVAL} == pytest.approx(EXPECTED_RETRIEVAL)
@@ -120,7 +175,10 @@ def test_retrieval_missing_images_fail_before_encoding(tmp_path, monkeypatch, ca
     next((tmp_path / "coco" / "val2017").iterdir()).unlink()
     model = FakeModel(COCO_VECTORS, COCO_TEXTS).save_pretrained(tmp_path / "model")
     out = tmp_path / "r.json"
-    assert main(["retrieval", "--model", str(model), "--data", str(tmp_path / "coco"), "--output", str(out)]) == 2
+    assert (
+        main(["retrieval", "--model", str(model), "--data", str(tmp_path / "coco"), "--output", str(out)])
+        == 2
+    )
     assert "1 of 3 image files are missing" in capsys.readouterr().err
     assert not out.exists()
 

@@ -1,4 +1,4 @@
-"""Two VLM families (Qwen2-VL, LLaVA-Next), tiny and random: forward, train, save, load, embed; pooling."""
+"""Two VLM families (Qwen2-VL, LLaVA-Next), tiny and random: forward, prompts, pooling under any padding."""
 
 from __future__ import annotations
 
@@ -6,15 +6,10 @@ import pytest
 import torch
 from vlm2vec_helpers import TINY_VLMS, color_image
 
-from align.losses import info_nce_loss
 from evaluate.protocol import EmbedInput
 from vlm2vec.adapters import get_family
-from vlm2vec.data import ContrastiveCollator, MMEBExample
-from vlm2vec.gradcache import grad_cache_step
-from vlm2vec.model import LoraSettings, VLM2VecModel
+from vlm2vec.model import VLM2VecModel
 from vlm2vec.pooling import last_token_index, pool
-
-COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 
 
 @pytest.fixture(scope="module", params=sorted(TINY_VLMS))
@@ -64,63 +59,3 @@ def test_prompt_uses_family_image_token(base_dir):
     assert model.preparer.prompt("the dog", "find", has_image=False) == "find the dog"
     with pytest.raises(ValueError, match="has no image"):
         model.preparer.prompt("<|image_1|> x", None, has_image=False)
-
-
-def _color_examples() -> list[MMEBExample]:
-    examples = []
-    for seed, (name, rgb) in enumerate(list(COLORS.items()) * 2):
-        query = EmbedInput(text="<|image_1|> what color is this ?", image=color_image(rgb, seed=seed))
-        examples.append(MMEBExample(query, [EmbedInput(text=f"the {name} picture")], []))
-    return examples
-
-
-def _batch_loss(model, collate, examples, train: bool) -> float:
-    batch = collate(examples)
-    if not train:
-        with torch.no_grad():
-            q = torch.cat([model(c) for c in batch.query_chunks])
-            t = torch.cat([model(c) for c in batch.target_chunks])
-            return info_nce_loss(q, t, batch.positive_mask, temperature=0.02).loss.item()
-    out = grad_cache_step(
-        model,
-        batch.query_chunks,
-        batch.target_chunks,
-        lambda q, t: info_nce_loss(q, t, batch.positive_mask, temperature=0.02),
-    )
-    return out.loss.item()
-
-
-@pytest.mark.parametrize("mode", ["lora", "dora", "full"])
-def test_train_save_load_embed(base_dir, tmp_path, mode):
-    torch.manual_seed(0)
-    model = VLM2VecModel.from_backbone(str(base_dir))
-    if mode != "full":
-        model.add_lora(LoraSettings(r=8, alpha=16, dropout=0.0, dora=mode == "dora"))
-    model.gradient_checkpointing_enable()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    frozen = sum(not p.requires_grad for p in model.parameters())
-    assert (frozen > 0) == (mode != "full")
-    optimizer = torch.optim.AdamW(trainable, lr=3e-3 if mode != "full" else 1e-3)
-    collate = ContrastiveCollator(model.prepare, query_chunk_size=2, target_chunk_size=4)
-    examples = _color_examples()
-    model.train()
-    before = _batch_loss(model, collate, examples, train=False)
-    for _ in range(6):
-        optimizer.zero_grad(set_to_none=True)
-        _batch_loss(model, collate, examples, train=True)
-        optimizer.step()
-    after = _batch_loss(model, collate, examples, train=False)
-    assert after < before - 0.05, (before, after)
-
-    rows = _rows()
-    expected = model.encode(rows)
-    model.save_pretrained(tmp_path / "saved")
-    loaded = VLM2VecModel.from_pretrained(tmp_path / "saved")
-    assert loaded.config.family == model.config.family and loaded.config.lora == model.config.lora
-    torch.testing.assert_close(loaded.encode(rows), expected, atol=1e-5, rtol=1e-4)
-    if mode != "full":
-        assert (tmp_path / "saved" / "adapter_model.safetensors").is_file()
-        model.save_pretrained(tmp_path / "merged", merge_lora=True)
-        merged = VLM2VecModel.from_pretrained(tmp_path / "merged")
-        assert merged.config.merged and not hasattr(merged.backbone, "peft_config")
-        torch.testing.assert_close(merged.encode(rows), expected, atol=1e-4, rtol=1e-3)

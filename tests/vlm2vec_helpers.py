@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
@@ -21,6 +22,9 @@ from transformers import (
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
 )
+
+# Tiny models on a shared 2-core machine: one thread avoids oversubscription (30x faster here).
+torch.set_num_threads(1)
 
 WORDS = [
     "a",
@@ -76,8 +80,6 @@ def _tokenizer(special: list[str], eos: str, bos: str | None = None) -> PreTrain
 
 def save_tiny_qwen2_vl(path: Path, dropout: float = 0.0, seed: int = 0) -> Path:
     """Qwen2-VL with a 2-layer 32-d decoder and a 1-layer vision tower; 56x56 images -> 4 image tokens."""
-    import torch
-
     torch.manual_seed(seed)
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
     special += ["<|image_pad|>", "<|video_pad|>"]
@@ -126,8 +128,6 @@ def save_tiny_qwen2_vl(path: Path, dropout: float = 0.0, seed: int = 0) -> Path:
 
 def save_tiny_llava_next(path: Path, dropout: float = 0.0, seed: int = 0) -> Path:
     """LLaVA-Next with a 2-layer CLIP tower at 28 px, a 2-layer Llama decoder, anyres grid of 28/56 px."""
-    import torch
-
     torch.manual_seed(seed)
     tokenizer = _tokenizer(["<s>", "</s>", "<image>"], eos="</s>", bos="<s>")
     pinpoints = [[28, 28], [28, 56], [56, 28]]
@@ -183,3 +183,88 @@ def color_image(rgb: tuple[int, int, int], size: int = 48, seed: int = 0) -> Ima
     rng = np.random.default_rng(seed)
     pixels = np.clip(np.array(rgb)[None, None, :] + rng.integers(-20, 20, (size, size, 3)), 0, 255)
     return Image.fromarray(pixels.astype(np.uint8))
+
+
+TRAIN_COLORS = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230), "yellow": (230, 230, 20)}
+
+
+def write_tiny_mmeb_train(root: Path, fmt: str = "parquet", rows_per_subset: int = 8) -> Path:
+    """MMEB-train layout: ImageNet_1K (image query -> class text, with hard negatives), MSCOCO_t2i (text query ->
+    image), in `original` and `diverse_instruction` splits; images under root/images."""
+    import pandas as pd
+
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    names = list(TRAIN_COLORS)
+    tables = {"ImageNet_1K": [], "MSCOCO_t2i": []}
+    for i in range(rows_per_subset):
+        name = names[i % len(names)]
+        other = names[(i + 1) % len(names)]
+        image = f"images/{name}_{i}.png"
+        color_image(TRAIN_COLORS[name], seed=i).save(root / image)
+        tables["ImageNet_1K"].append(
+            dict(
+                qry="<|image_1|> represent the given image",
+                qry_image_path=image,
+                pos_text=f"{name} photo",
+                pos_image_path="",
+                neg_text=f"{other} photo",
+                neg_image_path="",
+            )
+        )
+        tables["MSCOCO_t2i"].append(
+            dict(
+                qry=f"find image : a {name} photo",
+                qry_image_path="",
+                pos_text="<|image_1|> represent the image",
+                pos_image_path=image,
+                neg_text="",
+                neg_image_path="",
+            )
+        )
+    for subset, rows in tables.items():
+        folder = root / subset
+        if fmt == "save_to_disk":
+            from datasets import Dataset, DatasetDict
+
+            frame = pd.DataFrame(rows)
+            DatasetDict(
+                {s: Dataset.from_pandas(frame) for s in ("original", "diverse_instruction")}
+            ).save_to_disk(str(folder))
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        for split in ("original", "diverse_instruction"):
+            frame = pd.DataFrame(rows)
+            if split == "diverse_instruction":
+                frame["qry"] = frame["qry"].str.replace("represent", "instruct")
+            if fmt == "parquet":
+                frame.to_parquet(folder / f"{split}-00000-of-00001.parquet")
+            else:
+                frame.to_json(folder / f"{split}.jsonl", orient="records", lines=True)
+    return root
+
+
+def write_tiny_mmeb_eval(root: Path, name: str = "VOC2007") -> Path:
+    """MMEB-eval layout (as evaluate.datasets.load_mmeb reads it): image query, 4 colour-name candidates."""
+    import pandas as pd
+
+    images = root / "eval_images"
+    images.mkdir(parents=True, exist_ok=True)
+    names = list(TRAIN_COLORS)
+    rows = []
+    for i in range(8):
+        name_i = names[i % len(names)]
+        path = f"{name}/{name_i}_{i}.png"
+        (images / name).mkdir(exist_ok=True)
+        color_image(TRAIN_COLORS[name_i], seed=100 + i).save(images / path)
+        candidates = [f"{name_i} photo"] + [f"{n} photo" for n in names if n != name_i]
+        rows.append(
+            dict(
+                qry_text="<|image_1|> represent the given image",
+                qry_img_path=path,
+                tgt_text=candidates,
+                tgt_img_path=[""] * len(candidates),
+            )
+        )
+    (root / name).mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(root / name / "test-00000-of-00001.parquet")
+    return root

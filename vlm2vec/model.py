@@ -24,6 +24,7 @@ from vlm2vec.pooling import POOLING_MODES, pool
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "vlm2vec_config.json"
+TRAIN_FORMAT = "vlm2vec-train-v1"  # config.json "format" of vlm2vec.train checkpoints
 ADAPTER_CONFIG = "adapter_config.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -91,6 +92,11 @@ def detect_family(name_or_path: str, trust_remote_code: bool = False) -> VLMFami
     return family_for(config.model_type)
 
 
+def _is_training_checkpoint(path: Path) -> bool:
+    config = path / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("format") == TRAIN_FORMAT
+
+
 class VLM2VecModel(nn.Module):
     """Embeds (image, instruction, text) rows with one VLM; queries and targets share it.
 
@@ -152,6 +158,10 @@ class VLM2VecModel(nn.Module):
         """Load what `save_pretrained` wrote (LoRA adapter over its base, or full weights); a directory without
         `vlm2vec_config.json` is loaded as a base VLM with default settings."""
         path = Path(path)
+        if not (path / CONFIG_NAME).is_file() and (path / "final" / CONFIG_NAME).is_file():
+            path = path / "final"  # a training run directory: its exported model
+        if _is_training_checkpoint(path):
+            return cls._from_training_checkpoint(path, dtype, trust_remote_code, device)
         if not (path / CONFIG_NAME).is_file():
             return cls.from_backbone(
                 str(path), dtype=dtype, trust_remote_code=trust_remote_code, device=device
@@ -167,6 +177,31 @@ class VLM2VecModel(nn.Module):
             backbone = _load_backbone(str(path), adapter, DTYPES[dtype], trust_remote_code)
         processor = _load_processor(str(path), adapter, config.padding_side, trust_remote_code)
         return cls(backbone.to(device), processor, config)
+
+    @classmethod
+    def _from_training_checkpoint(
+        cls, path: Path, dtype: str, trust_remote_code: bool, device: str | torch.device
+    ) -> VLM2VecModel:
+        """A `checkpoints/step_N` directory of `vlm2vec.train`: its base model plus the trained weights."""
+        from align.checkpoint import load_checkpoint
+
+        checkpoint = load_checkpoint(path)
+        config = VLM2VecConfig.from_dict(checkpoint.config["model"])
+        model = cls.from_backbone(
+            config.base_model,
+            family=config.family,
+            pooling=config.pooling,
+            normalize=config.normalize,
+            temperature=config.temperature,
+            max_text_tokens=config.max_text_tokens,
+            padding_side=config.padding_side,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+        )
+        if config.lora is not None:
+            model.add_lora(config.lora)
+        model.load_trainable_state_dict(checkpoint.model_state)
+        return model.to(device)
 
     def add_lora(self, settings: LoraSettings) -> None:
         """Wrap the backbone with peft LoRA (or DoRA); only the adapters train afterwards."""

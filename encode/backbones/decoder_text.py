@@ -16,6 +16,8 @@ from encode.backbones.pooling import last_token_pool, masked_mean
 from encode.backbones.sources import Checkpoint, from_pretrained_sdpa
 
 POOLINGS = ("last_token", "mean")
+# The instruction format of gte-Qwen2, e5-mistral and Qwen3-Embedding (queries; documents take none).
+QUERY_INSTRUCTION = "Instruct: {instruction}\nQuery: "
 DECODER_MODEL_TYPES = {"qwen2", "qwen3", "llama", "mistral", "gemma", "gemma2", "gemma3_text", "phi3"}
 
 
@@ -55,7 +57,6 @@ def load_decoder_embedder(
     *,
     pooling: str | None,
     instruction: str | None,
-    instruction_template: str,
     max_length: int | None,
     device: torch.device,
     precision: str,
@@ -74,8 +75,9 @@ def load_decoder_embedder(
         trust_remote_code=trust_remote_code,
         dtype=weights_dtype(device, precision),
     ).to(device)
-    max_length = max_length or min(tokenizer.model_max_length, model.config.max_position_embeddings)
-    prefix = instruction_template.format(instruction=instruction) if instruction else ""
+    positions = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
+    max_length = max_length or min(tokenizer.model_max_length, positions)
+    prefix = QUERY_INSTRUCTION.format(instruction=instruction) if instruction else ""
     return TextBackbone(
         name=checkpoint.name,
         revision=checkpoint.revision,

@@ -1,4 +1,4 @@
-"""Known models and their documented defaults (pooling, instruction format, token limit, custom code).
+"""Known models and their documented defaults (pooling, token limit, whether they need custom code).
 
 Anything else still loads through its family's generic path; this table only supplies defaults.
 """
@@ -7,14 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-QUERY_INSTRUCTION = "Instruct: {instruction}\nQuery: "
-
 
 @dataclass(frozen=True)
 class KnownModel:
     family: str
     pooling: str
-    instruction_template: str = "{instruction}"
     max_length: int | None = None
     needs_remote_code: bool = False
 
@@ -63,11 +60,11 @@ KNOWN_IMAGE_MODELS: dict[str, KnownModel] = {
 
 KNOWN_TEXT_MODELS: dict[str, KnownModel] = {
     "nvidia/NV-Embed-v2": KnownModel(
-        "nv_embed", "latent_attention", QUERY_INSTRUCTION, max_length=32768, needs_remote_code=True
+        "nv_embed", "latent_attention", max_length=32768, needs_remote_code=True
     ),
     **_each(
         ["Alibaba-NLP/gte-Qwen2-7B-instruct", "Alibaba-NLP/gte-Qwen2-1.5B-instruct"],
-        KnownModel("decoder", "last_token", QUERY_INSTRUCTION, max_length=8192, needs_remote_code=True),
+        KnownModel("decoder", "last_token", max_length=8192, needs_remote_code=True),
     ),
     **_each(
         ["Alibaba-NLP/gte-large-en-v1.5", "Alibaba-NLP/gte-base-en-v1.5"],

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from transformers import AutoModel
 
 from encode.backbones.base import TextBackbone, weights_dtype
+from encode.backbones.decoder_text import QUERY_INSTRUCTION
 from encode.backbones.errors import remote_code_error
 from encode.backbones.sources import Checkpoint
 
@@ -31,7 +32,6 @@ def load_nv_embed(
     checkpoint: Checkpoint,
     *,
     instruction: str | None,
-    instruction_template: str,
     max_length: int | None,
     device: torch.device,
     precision: str,
@@ -43,7 +43,7 @@ def load_nv_embed(
         checkpoint.location, trust_remote_code=True, dtype=weights_dtype(device, precision)
     ).to(device)
     max_length = max_length or 32768
-    prefix = instruction_template.format(instruction=instruction) if instruction else ""
+    prefix = QUERY_INSTRUCTION.format(instruction=instruction) if instruction else ""
     return TextBackbone(
         name=checkpoint.name,
         revision=checkpoint.revision,

@@ -163,8 +163,9 @@ def load_text_backbone(
 ) -> TextBackbone:
     """Load a frozen text backbone by name (see ``TEXT_FAMILIES``).
 
-    ``instruction`` is formatted the way the model documents it (e.g. ``Instruct: {instruction}\\nQuery: `` for
-    NV-Embed-v2 and gte-Qwen2, a plain prefix otherwise); ``max_length`` truncates (None = model default).
+    ``instruction`` is formatted the way the family documents it (``Instruct: {instruction}\\nQuery: `` for
+    NV-Embed-v2 and decoder embedders such as gte-Qwen2; prepended verbatim otherwise, so include your own
+    separator); ``max_length`` truncates (None = the model's default).
     """
     device = _check_device(device, precision)
     if max_length is not None and max_length <= 0:
@@ -172,7 +173,6 @@ def load_text_backbone(
     known = KNOWN_TEXT_MODELS.get(name)
     if known is not None and known.needs_remote_code and not trust_remote_code:
         raise remote_code_error(name)
-    template = known.instruction_template if known else "{instruction}"
     max_length = max_length or (known.max_length if known else None)
 
     if name in OFFLINE_TEXT_MODELS:
@@ -184,7 +184,6 @@ def load_text_backbone(
             revision=revision,
             pooling=pooling,
             instruction=instruction,
-            instruction_template=template,
             max_length=max_length,
             device=device,
             precision=precision,
@@ -205,7 +204,6 @@ def load_text_backbone(
         return nv_embed.load_nv_embed(
             checkpoint,
             instruction=instruction,
-            instruction_template=template,
             max_length=max_length,
             device=device,
             precision=precision,
@@ -221,7 +219,6 @@ def load_text_backbone(
             checkpoint,
             pooling=pooling or (known.pooling if known else None),
             instruction=instruction,
-            instruction_template=template,
             max_length=max_length,
             device=device,
             precision=precision,
@@ -233,7 +230,6 @@ def load_text_backbone(
         revision=checkpoint.revision,
         pooling=pooling,
         instruction=instruction,
-        instruction_template=template,
         max_length=max_length,
         device=device,
         precision=precision,

@@ -71,7 +71,6 @@ def load_sentence_transformer(
     revision: str,
     pooling: str | None,
     instruction: str | None,
-    instruction_template: str,
     max_length: int | None,
     device: torch.device,
     precision: str,
@@ -82,7 +81,7 @@ def load_sentence_transformer(
         _set_pooling(model, pooling)
     if max_length is not None:
         model.max_seq_length = max_length
-    prompt = instruction_template.format(instruction=instruction) if instruction else None
+    prompt = instruction or None
     return TextBackbone(
         name=name,
         revision=revision,

@@ -1,0 +1,134 @@
+"""A trained alignment model: frozen backbones (``encode/``'s registry) + the head from a checkpoint.
+
+>>> model = AlignedModel.from_pretrained("runs/sail/checkpoints/step_5000")
+>>> image_emb = model.encode_image([pil_image])              # [1, target_dim], L2-normalised
+>>> text_emb = model.encode_text(["a dog on a skateboard"])
+>>> model.encode_image_features(dinov2_features)             # precomputed backbone features
+
+Backbones are loaded lazily on first use, so feature-only use needs no backbone weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from align.checkpoint import load_config, load_weights, save_file_weights
+from align.heads import AlignmentHead, HeadConfig
+
+
+class AlignedModel:
+    """Image/text embedding model implementing the evaluator's ``encode_image`` / ``encode_text`` protocol."""
+
+    def __init__(
+        self,
+        head: AlignmentHead,
+        config: dict,
+        device: str | torch.device = "cpu",
+        trust_remote_code: bool = False,
+        batch_size: int = 64,
+    ) -> None:
+        self.head = head.to(device).eval()
+        self.config = config
+        self.device = torch.device(device)
+        self.trust_remote_code = trust_remote_code
+        self.batch_size = batch_size
+        self._image_backbone = None
+        self._text_backbone = None
+
+    # ----- loading / saving ------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        checkpoint_dir: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        trust_remote_code: bool = False,
+        batch_size: int = 64,
+    ) -> AlignedModel:
+        """Load ``head.safetensors`` + ``config.json`` from a checkpoint (``step_N``) or export directory."""
+        config = load_config(checkpoint_dir)
+        if "head" not in config or "image_backbone" not in config or "text_backbone" not in config:
+            raise ValueError(f"{checkpoint_dir}/config.json is not an align head config (no head/backbones)")
+        head = AlignmentHead(HeadConfig.from_dict(config["head"]))
+        head.load_state_dict(load_weights(checkpoint_dir), strict=True)
+        return cls(head, config, device, trust_remote_code, batch_size)
+
+    def save_pretrained(self, output_dir: str | os.PathLike) -> Path:
+        """Write ``head.safetensors`` and ``config.json`` (the inference part of a checkpoint)."""
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file_weights(self.head.state_dict(), out / "head.safetensors")
+        (out / "config.json").write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+        return out
+
+    # ----- backbones -------------------------------------------------------------------------------------
+    @property
+    def image_backbone(self):
+        if self._image_backbone is None:
+            from encode.backbones import load_image_backbone
+
+            info = self.config["image_backbone"]
+            self._image_backbone = load_image_backbone(
+                info["model"],
+                pooling=info.get("pooling"),
+                device=self.device,
+                trust_remote_code=self.trust_remote_code,
+            )
+        return self._image_backbone
+
+    @property
+    def text_backbone(self):
+        if self._text_backbone is None:
+            from encode.backbones import load_text_backbone
+
+            info = self.config["text_backbone"]
+            self._text_backbone = load_text_backbone(
+                info["model"],
+                pooling=info.get("pooling"),
+                instruction=info.get("instruction"),
+                max_length=info.get("max_length"),
+                device=self.device,
+                trust_remote_code=self.trust_remote_code,
+            )
+        return self._text_backbone
+
+    # ----- encoding --------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_image_features(self, features: Tensor, normalize: bool = True) -> Tensor:
+        """Head embeddings of precomputed image features [B, image_dim] (as stored by ``encode``)."""
+        return self.head.encode_image(features.to(self.device, torch.float32), normalize).float()
+
+    @torch.inference_mode()
+    def encode_text_features(self, features: Tensor, normalize: bool = True) -> Tensor:
+        return self.head.encode_text(features.to(self.device, torch.float32), normalize).float()
+
+    @torch.inference_mode()
+    def encode_image(self, images: list[Image.Image], normalize: bool = True) -> Tensor:
+        backbone = self.image_backbone
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            pixels = torch.stack([backbone.transform(im) for im in images[i : i + self.batch_size]])
+            out.append(self.encode_image_features(backbone.encode(pixels.to(self.device)), normalize))
+        return torch.cat(out) if out else torch.empty(0, self.head.config.target_dim)
+
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str], normalize: bool = True) -> Tensor:
+        backbone = self.text_backbone
+        out = [
+            self.encode_text_features(backbone.encode(list(texts[i : i + self.batch_size])), normalize)
+            for i in range(0, len(texts), self.batch_size)
+        ]
+        return torch.cat(out) if out else torch.empty(0, self.head.config.target_dim)
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.head.logit_scale.detach())
+
+    @property
+    def logit_bias(self) -> float:
+        return float(self.head.logit_bias.detach())

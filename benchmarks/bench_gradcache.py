@@ -1,0 +1,237 @@
+"""GradCache vs the plain contrastive step on a small random Qwen2-VL (real config class, random weights).
+
+    python -m benchmarks.bench_gradcache                     # CPU defaults: batch 32, chunk 8
+    python -m benchmarks.bench_gradcache --device cuda --hidden 1536 --layers 28   # a real-size decoder on a GPU
+
+Prints (1) step time of GradCache vs the plain full-batch step at the same batch (theory ~4/3: one extra
+forward; goal <= 1.4x) and (2) peak memory of one step vs batch size at a fixed chunk (goal: flat for
+GradCache, growing for the plain step). On CPU the memory is the peak of the activations autograd holds for
+backward (tracked with saved-tensor hooks; RSS is too noisy to compare); on CUDA `torch.cuda.max_memory_allocated`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import weakref
+from pathlib import Path
+
+import torch
+
+from align.losses import info_nce_loss
+from evaluate.protocol import EmbedInput
+from vlm2vec.data import ContrastiveCollator, MMEBExample
+from vlm2vec.gradcache import grad_cache_step
+from vlm2vec.model import VLM2VecModel
+
+WORDS = ["a", "photo", "of", "the", "red", "green", "blue", "cat", "dog", "car", "tree", "house", "sky"]
+
+
+def build_model(path: Path, hidden: int, layers: int, device: str) -> VLM2VecModel:
+    """A Qwen2-VL with the given decoder size, saved and loaded through the normal path; a word tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    special = [
+        "<pad>",
+        "<unk>",
+        "<|endoftext|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+    ]
+    vocab = {t: i for i, t in enumerate(special + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="<|endoftext|>",
+        additional_special_tokens=special[3:],
+    )  # fmt: skip
+    processor = Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(min_pixels=112 * 112, max_pixels=112 * 112),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
+    )
+    heads = max(2, hidden // 64)
+    half = hidden // heads // 2  # mrope splits half the head dim over (t, h, w) like Qwen2-VL's 16/24/24
+    section = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
+    config = Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=len(vocab), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+            num_attention_heads=heads, num_key_value_heads=heads, attention_dropout=0.1,
+            rope_scaling={"type": "mrope", "mrope_section": section},
+        ),
+        vision_config=dict(depth=2, embed_dim=64, hidden_size=hidden, num_heads=2),
+        image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    Qwen2VLForConditionalGeneration(config).save_pretrained(path)
+    processor.save_pretrained(path)
+    return VLM2VecModel.from_backbone(str(path), device=device).train()
+
+
+def make_batch(model: VLM2VecModel, batch: int, query_chunk: int | None, target_chunk: int | None):
+    from PIL import Image
+
+    examples = []
+    for i in range(batch):
+        words = " ".join(WORDS[(i + k) % len(WORDS)] for k in range(12))
+        image = Image.new("RGB", (112, 112), ((37 * i) % 256, (91 * i) % 256, (13 * i) % 256))
+        examples.append(
+            MMEBExample(EmbedInput(text=f"<|image_1|> {words}", image=image), [EmbedInput(text=words)], [])
+        )
+    return ContrastiveCollator(model.prepare, query_chunk, target_chunk)(examples)
+
+
+def step(model: VLM2VecModel, batch) -> None:
+    model.zero_grad(set_to_none=True)
+    mask = batch.positive_mask.to(next(model.parameters()).device)
+
+    def loss_fn(q, t):
+        return info_nce_loss(q, t, mask, temperature=0.02)
+
+    if len(batch.query_chunks) == 1 and len(batch.target_chunks) == 1:
+        loss_fn(model(batch.query_chunks[0]), model(batch.target_chunks[0])).loss.backward()
+    else:
+        grad_cache_step(model, batch.query_chunks, batch.target_chunks, loss_fn)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_interleaved(model, plain_batch, cached_batch, repeats: int, device: str) -> tuple[float, float]:
+    """Median step times, plain and GradCache alternating so both see the same machine load."""
+    step(model, plain_batch)  # warm-up
+    step(model, cached_batch)
+    times: dict[str, list[float]] = {"plain": [], "cached": []}
+    for _ in range(repeats):
+        for name, batch in (("plain", plain_batch), ("cached", cached_batch)):
+            _sync(device)
+            start = time.perf_counter()
+            step(model, batch)
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return statistics.median(times["plain"]), statistics.median(times["cached"])
+
+
+class SavedActivationMeter:
+    """Peak bytes of the tensors autograd keeps for backward (activations; parameters excluded), counting each
+    storage once: the memory that grows with the batch in a plain step and that GradCache bounds by a chunk."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.live: dict[int, list[int]] = {}
+        self.current = self.peak = 0
+
+    def _release(self, key: int) -> None:
+        entry = self.live[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.current -= entry[0]
+            del self.live[key]
+
+    def pack(self, tensor: torch.Tensor):
+        key = tensor.untyped_storage().data_ptr()
+        if key in self.params or tensor.device.type == "meta":
+            return tensor
+        if key not in self.live:
+            self.live[key] = [tensor.untyped_storage().nbytes(), 0]
+            self.current += self.live[key][0]
+            self.peak = max(self.peak, self.current)
+        self.live[key][1] += 1
+        holder = _Holder(tensor)
+        weakref.finalize(holder, self._release, key)
+        return holder
+
+    @staticmethod
+    def unpack(packed):
+        return packed.tensor if isinstance(packed, _Holder) else packed
+
+
+class _Holder:
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+
+def peak_memory_mib(model, batch, device: str) -> float:
+    """One step's peak: CUDA `max_memory_allocated` above the pre-step state; on CPU the saved activations."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step(model, batch)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    meter = SavedActivationMeter(model)
+    with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+        step(model, batch)
+    return meter.peak / 2**20
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_gradcache", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--batch", type=int, default=32, help="batch of the timing comparison")
+    p.add_argument("--chunk", type=int, default=8, help="GradCache chunk (queries and targets)")
+    p.add_argument("--memory-batches", type=int, nargs="+", default=[16, 32, 64])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--hidden", type=int, default=256, help="decoder width")
+    p.add_argument("--layers", type=int, default=4, help="decoder layers")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_model(Path(tmp) / "m", args.hidden, args.layers, args.device)
+        plain, cached = time_interleaved(
+            model,
+            make_batch(model, args.batch, None, None),
+            make_batch(model, args.batch, args.chunk, args.chunk),
+            args.repeats,
+            args.device,
+        )
+        memory = [
+            (
+                batch,
+                *(
+                    peak_memory_mib(model, make_batch(model, batch, c, c), args.device)
+                    for c in (None, args.chunk)
+                ),
+            )
+            for batch in args.memory_batches
+        ]
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"Qwen2-VL random weights: decoder {args.layers}x{args.hidden}, {params:.1f}M params, full fine-tuning, "  # noqa: T201
+          f"dropout on, device {args.device}, {args.threads} thread(s)")  # fmt: skip
+    print(f"\nStep time at batch {args.batch} (median of {args.repeats}, interleaved)")  # noqa: T201
+    print("| step | chunk | s/step | vs plain |\n|---|---|---|---|")  # noqa: T201
+    print(f"| plain | {args.batch} | {plain:.3f} | 1.00x |")  # noqa: T201
+    ratio = f"{cached / plain:.2f}x (theory ~1.33x, goal <= 1.4x)"
+    print(f"| GradCache | {args.chunk} | {cached:.3f} | {ratio} |")  # noqa: T201
+    kind = "max_memory_allocated" if args.device.startswith("cuda") else "activations saved for backward"
+    print(f"\nPeak memory of one step, MiB ({kind}); GradCache chunk {args.chunk}")  # noqa: T201
+    print("| batch | plain | GradCache |\n|---|---|---|")  # noqa: T201
+    for batch, plain_mib, cached_mib in memory:
+        print(f"| {batch} | {plain_mib:.1f} | {cached_mib:.1f} |")  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""Alignment heads: exact parameter counts (SAIL-L), init, logit scale clamp, sharelock."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from align.heads import AlignmentHead, HeadConfig, count_parameters
+
+
+def meta_head(**kwargs) -> AlignmentHead:
+    with torch.device("meta"):
+        return AlignmentHead(HeadConfig(**kwargs))
+
+
+def test_sail_l_star_head_parameter_counts():
+    # DINOv2-L concat (2048) and NV-Embed-v2 (4096), width 8, target 1024.
+    head = meta_head(head="star", image_dim=2048, text_dim=4096, target_dim=1024, width_factor=8)
+
+    def star(d: int, w: int = 8, t: int = 1024) -> int:
+        layer_norm = 2 * d
+        f1 = f2 = d * (w * d) + w * d
+        out = (w * d) * t + t
+        return layer_norm + f1 + f2 + out
+
+    assert count_parameters(head.image) == star(2048) == 83_923_968  # ~84M
+    assert count_parameters(head.text) == star(4096) == 302_064_640  # ~302M
+    assert count_parameters(head) == star(2048) + star(4096) + 2  # + logit scale and bias
+
+
+@pytest.mark.parametrize(
+    ("kind", "image_params"),
+    [
+        ("linear", 2 * 16 + 16 * 8 + 8),
+        ("mlp", 2 * 16 + (16 * 64 + 64) + (64 * 8 + 8)),
+    ],
+)
+def test_linear_and_mlp_counts(kind, image_params):
+    head = AlignmentHead(HeadConfig(head=kind, image_dim=16, text_dim=4, target_dim=8))
+    assert count_parameters(head.image) == image_params
+
+
+def test_init_is_xavier_uniform_with_zero_biases():
+    torch.manual_seed(0)
+    head = AlignmentHead(HeadConfig(head="star", image_dim=64, text_dim=32, target_dim=48, width_factor=2))
+    f1 = head.image.mapping.f1
+    bound = math.sqrt(6.0 / (64 + 128))
+    assert f1.weight.abs().max() <= bound and f1.weight.abs().max() > 0.9 * bound
+    assert abs(float(f1.weight.detach().var()) - bound**2 / 3) < 0.1 * bound**2 / 3  # var of U(-b, b)
+    for module in head.modules():
+        if isinstance(module, torch.nn.Linear):
+            assert torch.all(module.bias == 0)
+    assert torch.all(head.image.norm.weight == 1) and torch.all(head.image.norm.bias == 0)
+
+
+def test_logit_scale_is_a_log_and_clamped_to_100():
+    head = AlignmentHead(
+        HeadConfig(head="linear", image_dim=4, text_dim=4, target_dim=4, logit_scale=20, logit_bias=-10)
+    )
+    assert head.log_logit_scale.item() == pytest.approx(math.log(20))
+    assert head.logit_scale.item() == pytest.approx(20) and head.logit_bias.item() == -10
+    with torch.no_grad():
+        head.log_logit_scale.fill_(math.log(500))
+    head.clamp_logit_scale_()
+    assert head.logit_scale.item() == pytest.approx(100)
+
+
+def test_outputs_are_normalised_and_star_matches_its_formula():
+    torch.manual_seed(0)
+    head = AlignmentHead(HeadConfig(head="star", image_dim=6, text_dim=5, target_dim=3, width_factor=2))
+    x = torch.randn(4, 6)
+    image, text, extra = head(x, torch.randn(4, 5))
+    assert extra is None
+    torch.testing.assert_close(image.norm(dim=-1), torch.ones(4))
+    m = head.image.mapping
+    h = torch.nn.functional.layer_norm(x, (6,))
+    expected = (torch.clamp(h @ m.f1.weight.T, 0, 6) * (h @ m.f2.weight.T)) @ m.out.weight.T
+    torch.testing.assert_close(head.encode_image(x, normalize=False), expected)
+
+
+def test_sharelock_passes_images_through():
+    head = AlignmentHead(HeadConfig(head="sharelock", image_dim=8, text_dim=5, target_dim=8, hidden_dim=16))
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(head.encode_image(x, normalize=False), x)
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in head.text.modules()) == 3
+    assert sum(isinstance(m, torch.nn.Linear) for m in head.text.modules()) == 4
+    with pytest.raises(ValueError, match="target dim must equal the image dim"):
+        HeadConfig(head="sharelock", image_dim=8, text_dim=5, target_dim=4)
+    with pytest.raises(ValueError, match="unknown head"):
+        HeadConfig(head="transformer", image_dim=8, text_dim=5)

@@ -1,0 +1,54 @@
+"""How `evaluate` recognises VLM2Vec directories: an export (`vlm2vec_config.json`), a training run (its
+`final/` export), a training checkpoint (`checkpoints/step_N`), or a base VLM of a supported family (zero-shot).
+
+`evaluate.models` lists it with `CheckpointLoader(name="vlm2vec", detect=is_vlm2vec_checkpoint,
+load="vlm2vec.model:VLM2VecModel", ...)`; `register()` adds it at run time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vlm2vec.adapters import FAMILIES
+from vlm2vec.model import CONFIG_NAME, TRAIN_FORMAT
+
+
+def _config_json(directory: Path) -> dict:
+    try:
+        return json.loads((directory / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def is_vlm2vec_checkpoint(directory: Path) -> bool:
+    directory = Path(directory)
+    if (directory / CONFIG_NAME).is_file() or (directory / "final" / CONFIG_NAME).is_file():
+        return True
+    config = _config_json(directory)
+    if config.get("format") == TRAIN_FORMAT:
+        return True
+    model_types = {t for family in FAMILIES.values() for t in family.model_types}
+    return config.get("model_type") in model_types
+
+
+DESCRIPTION = (
+    "vlm2vec: a VLM2Vec export (vlm2vec_config.json), a training run dir (final/), a checkpoints/step_N dir, "
+    "or a base VLM directory of a supported family (zero-shot)"
+)
+
+
+def register() -> None:
+    """Make `evaluate.models.load_model` recognise every VLM2Vec directory kind above (replaces a narrower
+    built-in `vlm2vec` entry; idempotent)."""
+    from evaluate.models import CHECKPOINT_LOADERS, CheckpointLoader, register_checkpoint_loader
+
+    CHECKPOINT_LOADERS[:] = [loader for loader in CHECKPOINT_LOADERS if loader.name != "vlm2vec"]
+    register_checkpoint_loader(
+        CheckpointLoader(
+            name="vlm2vec",
+            detect=is_vlm2vec_checkpoint,
+            load="vlm2vec.model:VLM2VecModel",
+            description=DESCRIPTION,
+        )
+    )
