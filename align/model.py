@@ -10,6 +10,7 @@ Backbones are loaded lazily on first use, so feature-only use needs no backbone 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -107,23 +108,42 @@ class AlignedModel:
     def encode_text_features(self, features: Tensor, normalize: bool = True) -> Tensor:
         return self.head.encode_text(features.to(self.device, torch.float32), normalize).float()
 
+    def backbone_fingerprint(self, modality: str) -> str:
+        """Id of the frozen backbone that makes this modality's features: its config entry (model, revision,
+        pooling, instruction, max_length) plus size and mtime of the files of a local-folder backbone."""
+        info = self.config[f"{modality}_backbone"]
+        digest = hashlib.sha256(json.dumps(info, sort_keys=True).encode())
+        folder = Path(str(info.get("model", "")))
+        if folder.is_dir():
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                stat = path.stat()
+                digest.update(f"{path.relative_to(folder)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        return f"{modality}-backbone-{digest.hexdigest()[:32]}"
+
     @torch.inference_mode()
-    def encode_image(self, images: list[Image.Image], normalize: bool = True) -> Tensor:
+    def encode_image_backbone(self, images: list[Image.Image]) -> Tensor:
+        """Frozen backbone features [B, image_dim] (what ``encode`` stores), before the head."""
         backbone = self.image_backbone
         out = []
         for i in range(0, len(images), self.batch_size):
             pixels = torch.stack([backbone.transform(im) for im in images[i : i + self.batch_size]])
-            out.append(self.encode_image_features(backbone.encode(pixels.to(self.device)), normalize))
-        return torch.cat(out) if out else torch.empty(0, self.head.config.target_dim)
+            out.append(backbone.encode(pixels.to(self.device)).float())
+        return torch.cat(out) if out else torch.empty(0, self.config["head"]["image_dim"])
 
     @torch.inference_mode()
-    def encode_text(self, texts: list[str], normalize: bool = True) -> Tensor:
+    def encode_text_backbone(self, texts: list[str]) -> Tensor:
         backbone = self.text_backbone
         out = [
-            self.encode_text_features(backbone.encode(list(texts[i : i + self.batch_size])), normalize)
+            backbone.encode(list(texts[i : i + self.batch_size])).float()
             for i in range(0, len(texts), self.batch_size)
         ]
-        return torch.cat(out) if out else torch.empty(0, self.head.config.target_dim)
+        return torch.cat(out) if out else torch.empty(0, self.config["head"]["text_dim"])
+
+    def encode_image(self, images: list[Image.Image], normalize: bool = True) -> Tensor:
+        return self.encode_image_features(self.encode_image_backbone(images), normalize)
+
+    def encode_text(self, texts: list[str], normalize: bool = True) -> Tensor:
+        return self.encode_text_features(self.encode_text_backbone(texts), normalize)
 
     @property
     def logit_scale(self) -> float:

@@ -99,8 +99,6 @@ def check_config(cfg: TrainConfig) -> None:
     for name, (value, allowed) in checks.items():
         if value not in allowed:
             raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
-    if cfg.loss == "clip" and cfg.extra_text_features:
-        log.info("clip loss with extra text: each image has two positive captions")
     for name in ("epochs", "batch_size", "save_every", "log_every", "chunk_size"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
@@ -303,7 +301,12 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     bar = tqdm(total=total_steps, initial=start_step, disable=not (cfg.progress and is_main), unit="step")
 
     def check_finite() -> None:
-        bad = int(first_bad)
+        flag = first_bad.clone()
+        if world > 1:  # every rank stops together, naming the first bad step of any rank
+            flag = torch.where(flag < 0, total_steps, flag)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            flag = torch.where(flag == total_steps, -1, flag)
+        bad = int(flag)
         if bad >= 0:
             raise TrainingError(
                 f"the loss became non-finite at step {bad + 1} (NaN or inf); the weights after it were not saved. "
@@ -326,7 +329,10 @@ def train(cfg: TrainConfig) -> dict[str, float]:
             sums += torch.stack([loss, out.positive.detach(), out.negative.detach()]).double()
             window_steps += 1
             done = step + 1
-            if done % cfg.log_every == 0 or done == total_steps or done % cfg.save_every == 0:
+            validate = eval_data is not None and (
+                done == total_steps or (cfg.val_every > 0 and done % cfg.val_every == 0)
+            )
+            if validate or done % cfg.log_every == 0 or done == total_steps or done % cfg.save_every == 0:
                 check_finite()
                 elapsed = time.perf_counter() - window_start
                 mean = (sums / window_steps).tolist()
@@ -340,9 +346,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
                     "pairs_per_s": window_steps * cfg.batch_size / max(elapsed, 1e-9),
                     "epoch": epoch,
                 }
-                if eval_data is not None and (
-                    done == total_steps or (cfg.val_every and done % cfg.val_every == 0)
-                ):
+                if validate:
                     last.update(retrieval_metrics(model, eval_data, device))
                 logger.log(done, last)
                 bar.set_postfix(

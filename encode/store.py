@@ -192,7 +192,9 @@ class FeatureStoreWriter:
         if overwrite:
             path.unlink()
             return False
-        raise StoreError(f"{path} already exists. Pass --resume to continue it, or --overwrite to replace it.")
+        raise StoreError(
+            f"{path} already exists. Pass --resume to continue it, or --overwrite to replace it."
+        )
 
     def _create(self, keys: Sequence[str], image_keys: Sequence[str] | None) -> h5py.File:
         n, dim = len(keys), self.meta.dim

@@ -109,6 +109,10 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
 
+    def for_fingerprint(self, fingerprint: str) -> FeatureCache:
+        """A cache in the same directory for another fingerprint (e.g. a model's frozen backbone)."""
+        return FeatureCache(None if self.root is None else self.root.parent, fingerprint)
+
     def path(self, kind: str, items: Sequence[str | os.PathLike]) -> Path | None:
         if self.root is None:
             return None

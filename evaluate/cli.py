@@ -197,8 +197,9 @@ def _zeroshot_inputs(args: argparse.Namespace):
     bad = [t for t in templates if isinstance(t, str) and "{}" not in t]
     if bad:
         raise LayoutError(f"templates must contain '{{}}' for the class name: {bad[:3]}")
-    imagenet = classnames == list(IMAGENET_CLASSNAMES)
-    name = args.name or ("imagenet" if imagenet else Path(args.data).name)
+    # "imagenet" (the name reference numbers use) only for the full protocol: every class has images
+    full_imagenet = classnames == list(IMAGENET_CLASSNAMES) and data.classes_with_images == len(classnames)
+    name = args.name or ("imagenet" if full_imagenet else Path(args.data).name)
     return data, classnames, templates, name
 
 

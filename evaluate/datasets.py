@@ -139,8 +139,9 @@ class RetrievalData:
     split: str
 
 
-def _load_coco_captions(path: Path, image_root: Path) -> tuple[list[Path], list[str], list[int]]:
-    payload = json.loads(path.read_text())
+def _load_coco_captions(
+    payload: dict, path: Path, image_root: Path
+) -> tuple[list[Path], list[str], list[int]]:
     images_meta = sorted(payload["images"], key=lambda im: im["id"])
     row_of = {im["id"]: i for i, im in enumerate(images_meta)}
     images = [image_root / im["file_name"] for im in images_meta]
@@ -153,8 +154,9 @@ def _load_coco_captions(path: Path, image_root: Path) -> tuple[list[Path], list[
     return images, captions, caption_image
 
 
-def _load_karpathy(path: Path, image_root: Path, split: str) -> tuple[list[Path], list[str], list[int]]:
-    payload = json.loads(path.read_text())
+def _load_karpathy(
+    payload: dict, path: Path, image_root: Path, split: str
+) -> tuple[list[Path], list[str], list[int]]:
     images, captions, caption_image = [], [], []
     for entry in payload["images"]:
         entry_split = "train" if entry["split"] == "restval" and split == "train" else entry["split"]
@@ -196,15 +198,24 @@ def load_retrieval(
             stem = json_path.stem.removeprefix("captions_")
             image_root = json_path.parent.parent / stem
         split = split or json_path.stem.removeprefix("captions_")
-        images, captions, caption_image = _load_coco_captions(json_path, Path(image_root))
-        name = "coco" if "coco" in str(json_path).lower() else json_path.stem
+        try:
+            images, captions, caption_image = _load_coco_captions(payload_head, json_path, Path(image_root))
+        except KeyError as error:
+            raise _fail(
+                f"{json_path}: an image or annotation entry lacks {error}", RETRIEVAL_LAYOUT
+            ) from error
+        name = f"coco-{split}"  # not the Karpathy 5k test split that papers report as "coco"
     elif "sentences" in images_meta[0] and "filename" in images_meta[0]:
         if image_root is None:
             raise _fail("a Karpathy JSON needs --image-root (the image directory)", RETRIEVAL_LAYOUT)
         split = split or "test"
-        images, captions, caption_image = _load_karpathy(json_path, Path(image_root), split)
+        try:
+            images, captions, caption_image = _load_karpathy(payload_head, json_path, Path(image_root), split)
+        except KeyError as error:
+            raise _fail(f"{json_path}: an image or sentence entry lacks {error}", RETRIEVAL_LAYOUT) from error
         dataset = payload_head.get("dataset", json_path.stem.removeprefix("dataset_"))
-        name = {"coco": "coco", "flickr30k": "flickr30k"}.get(dataset, dataset)
+        # "coco" / "flickr30k" name the papers' protocol (Karpathy test split); other splits say which
+        name = dataset if split == "test" else f"{dataset}-{split}"
     else:
         raise _fail(f"{json_path} is neither COCO captions nor Karpathy format", RETRIEVAL_LAYOUT)
     if not captions:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -52,6 +52,51 @@ def _cache_items(sources: Sequence[ImageSource]) -> list:
     return items
 
 
+def _backbone_stage(model: object, modality: str) -> tuple[str, Callable, Callable] | None:
+    """``(fingerprint, backbone fn, head fn)`` when the model exposes a frozen-backbone stage (see
+    :class:`evaluate.protocol.FeatureStageModel`), else None."""
+    backbone = getattr(model, f"encode_{modality}_backbone", None)
+    head = getattr(model, f"encode_{modality}_features", None)
+    fingerprint = getattr(model, "backbone_fingerprint", None)
+    if not (callable(backbone) and callable(head) and callable(fingerprint)):
+        return None
+    return fingerprint(modality), backbone, head
+
+
+def _encode_cached(
+    model: object,
+    modality: str,
+    items: Sequence,
+    batches: Callable[[], Iterable],
+    cache: FeatureCache,
+    batch_size: int,
+) -> Tensor:
+    """Embed through the model's backbone stage (backbone features cached under the backbone's fingerprint,
+    the head applied on every call) or, without one, the whole model (embeddings cached under its own)."""
+    stage = _backbone_stage(model, modality)
+    if stage is None:
+        encode = getattr(model, f"encode_{modality}")
+
+        def compute() -> Tensor:
+            return torch.cat([encode(batch, normalize=True).float().cpu() for batch in batches()])
+
+        return F.normalize(cache.get_or_compute(modality, items, compute), dim=-1)
+    fingerprint, backbone, head = stage
+    backbone_cache = cache.for_fingerprint(fingerprint)
+    features = backbone_cache.get_or_compute(
+        f"{modality}-backbone",
+        items,
+        lambda: torch.cat([backbone(batch).float().cpu() for batch in batches()]),
+    )
+    cache.hits += backbone_cache.hits
+    cache.misses += backbone_cache.misses
+    out = [
+        head(features[i : i + batch_size], normalize=True).float().cpu()
+        for i in range(0, len(features), batch_size)
+    ]
+    return F.normalize(torch.cat(out), dim=-1)
+
+
 def encode_images(
     model: object,
     sources: Sequence[ImageSource],
@@ -62,16 +107,13 @@ def encode_images(
 ) -> Tensor:
     """[N, D] L2-normalised image embeddings (float32, CPU), from the cache when present."""
 
-    def compute() -> Tensor:
+    def batches() -> Iterable[list[Image.Image]]:
         loader = DataLoader(
             _ImageList(sources), batch_size=batch_size, num_workers=workers, collate_fn=_collate_images
         )
-        out = []
-        for batch in tqdm(loader, desc=f"encode {desc}", unit="batch"):
-            out.append(F.normalize(model.encode_image(batch, normalize=True).float(), dim=-1).cpu())
-        return torch.cat(out)
+        return tqdm(loader, desc=f"encode {desc}", unit="batch")
 
-    return cache.get_or_compute("image", _cache_items(sources), compute)
+    return _encode_cached(model, "image", _cache_items(sources), batches, cache, batch_size)
 
 
 def encode_texts(
@@ -79,14 +121,11 @@ def encode_texts(
 ) -> Tensor:
     """[N, D] L2-normalised text embeddings (float32, CPU), from the cache when present."""
 
-    def compute() -> Tensor:
-        out = []
-        for start in tqdm(range(0, len(texts), batch_size), desc=f"encode {desc}", unit="batch"):
-            batch = list(texts[start : start + batch_size])
-            out.append(F.normalize(model.encode_text(batch, normalize=True).float(), dim=-1).cpu())
-        return torch.cat(out)
+    def batches() -> Iterable[list[str]]:
+        starts = tqdm(range(0, len(texts), batch_size), desc=f"encode {desc}", unit="batch")
+        return (list(texts[start : start + batch_size]) for start in starts)
 
-    return cache.get_or_compute("text", list(texts), compute)
+    return _encode_cached(model, "text", list(texts), batches, cache, batch_size)
 
 
 def encode_interleaved(

@@ -108,7 +108,9 @@ def _is_align_checkpoint(directory: Path) -> bool:
 
 
 def _is_vlm2vec_checkpoint(directory: Path) -> bool:
-    return (directory / "vlm2vec_config.json").is_file()
+    from vlm2vec.evaluate_hook import is_vlm2vec_checkpoint
+
+    return is_vlm2vec_checkpoint(directory)
 
 
 CHECKPOINT_LOADERS: list[CheckpointLoader] = [
@@ -116,7 +118,8 @@ CHECKPOINT_LOADERS: list[CheckpointLoader] = [
         name="vlm2vec",
         detect=_is_vlm2vec_checkpoint,
         load="vlm2vec.model:VLM2VecModel",
-        description="vlm2vec/ checkpoint (vlm2vec_config.json beside the VLM weights or LoRA adapter)",
+        description="vlm2vec/ export (vlm2vec_config.json), training run or checkpoints/step_N dir, or a base "
+        "VLM folder of a supported family (zero-shot)",
     ),
     CheckpointLoader(
         name="align",

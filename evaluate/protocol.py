@@ -53,6 +53,26 @@ class InterleavedModel(Protocol):
     def encode(self, inputs: list[EmbedInput]) -> Tensor: ...
 
 
+@runtime_checkable
+class FeatureStageModel(Protocol):
+    """Optional: a model whose embeddings are a cheap head over a frozen backbone (align's ``AlignedModel``).
+
+    The evaluator then caches the *backbone* features under ``backbone_fingerprint(modality)`` and applies the
+    head on every run, so models sharing a backbone (e.g. a trained and an untrained head) encode the data once.
+    The fingerprint must change whenever the backbone's weights or preprocessing do.
+    """
+
+    def backbone_fingerprint(self, modality: str) -> str: ...
+
+    def encode_image_backbone(self, images: list[Image.Image]) -> Tensor: ...
+
+    def encode_text_backbone(self, texts: list[str]) -> Tensor: ...
+
+    def encode_image_features(self, features: Tensor, normalize: bool = True) -> Tensor: ...
+
+    def encode_text_features(self, features: Tensor, normalize: bool = True) -> Tensor: ...
+
+
 def check_capabilities(model: object, needs: Sequence[str], task: str) -> None:
     """Raise a clear error, before any encoding, if ``model`` lacks a method the task needs."""
     missing = [name for name in needs if not callable(getattr(model, name, None))]

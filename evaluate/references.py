@@ -1,7 +1,8 @@
-"""Benchmark tables kept as data: the 36 MMEB datasets, and published numbers of SAIL, CLIP and VLM2Vec.
+"""Benchmark tables kept as data: the 36 MMEB datasets, and published numbers of SAIL and CLIP.
 
-Sources: VLM2Vec (Jiang et al., ICLR 2025, arXiv:2410.05160), README and Table 2; SAIL (Zhang et al., 2024,
-github.com/lezhang7/SAIL) README table. Result keys are ``(task, dataset, metric)``, the same keys the
+Sources: VLM2Vec (Jiang et al., ICLR 2025, arXiv:2410.05160) for the MMEB datasets and splits; SAIL (Zhang et
+al., 2024, github.com/lezhang7/SAIL) README table for SAIL-L and CLIP-L. Published MMEB scores are not kept here
+until they are checked against the paper's table. Result keys are ``(task, dataset, metric)``, the same keys the
 evaluator writes, so ``python -m evaluate report --references`` can put them beside new results.
 """
 
@@ -86,23 +87,5 @@ REFERENCE_RESULTS: dict[str, dict[tuple[str, str, str], float]] = {
         ("winoground", "winoground", "image"): 11.5,
         ("winoground", "winoground", "group"): 8.75,
         ("mmvp", "mmvp", "average"): 20.0,
-    },
-    "VLM2Vec (Phi-3.5-V, full) [VLM2Vec Table 2]": {
-        ("mmeb", "mmeb", "classification"): 61.2,
-        ("mmeb", "mmeb", "vqa"): 49.9,
-        ("mmeb", "mmeb", "retrieval"): 67.4,
-        ("mmeb", "mmeb", "grounding"): 86.1,
-        ("mmeb", "mmeb", "IND"): 67.5,
-        ("mmeb", "mmeb", "OOD"): 57.1,
-        ("mmeb", "mmeb", "overall"): 62.9,
-    },
-    "CLIP ViT-L/14 (score fusion) [VLM2Vec Table 2]": {
-        ("mmeb", "mmeb", "classification"): 42.8,
-        ("mmeb", "mmeb", "vqa"): 9.1,
-        ("mmeb", "mmeb", "retrieval"): 53.0,
-        ("mmeb", "mmeb", "grounding"): 51.8,
-        ("mmeb", "mmeb", "IND"): 37.1,
-        ("mmeb", "mmeb", "OOD"): 38.7,
-        ("mmeb", "mmeb", "overall"): 37.8,
     },
 }

@@ -97,7 +97,9 @@ def retrieval(
     metrics = {f"i2t_{k}": v for k, v in M.recall_at_k(i2t, ks).items()}
     metrics |= {f"t2i_{k}": v for k, v in M.recall_at_k(t2i, ks).items()}
     metrics["mean_recall"] = sum(metrics.values()) / len(metrics)
-    return TaskResult(metrics, {"images": len(data.images), "captions": len(data.captions)}, {})
+    per_image = torch.bincount(owner, minlength=len(data.images)).tolist()
+    counts = {"images": len(data.images), "captions": len(data.captions)}
+    return TaskResult(metrics, counts, {"captions_per_image": per_image})
 
 
 def winoground(model: object, data: WinogroundData, enc: EncodeSettings) -> TaskResult:

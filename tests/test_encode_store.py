@@ -129,7 +129,10 @@ def test_caption_store_joins_to_image_store(tmp_path):
     images.write(np.eye(3, 4), np.ones(3, bool))
     images.finish()
     captions = FeatureStoreWriter(
-        tmp_path / "txt.h5", _text_meta(caption_column="raw"), ["c1", "c2", "c3", "c4"], ["i3", "i1", "i9", "i3"]
+        tmp_path / "txt.h5",
+        _text_meta(caption_column="raw"),
+        ["c1", "c2", "c3", "c4"],
+        ["i3", "i1", "i9", "i3"],
     )
     captions.write(np.ones((4, 3)), np.ones(4, bool))
     captions.finish()

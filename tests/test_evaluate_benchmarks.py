@@ -8,6 +8,7 @@ import math
 
 import pandas as pd
 import pytest
+import torch
 from evaluate_helpers import PALETTE, FakeModel, save_image, solid_image, use_fake_checkpoints
 
 from evaluate.cli import main
@@ -218,3 +219,42 @@ def test_knn_probe_on_train_val_imagefolders(tmp_path, monkeypatch):
     # k=4, T=0.07, query at 60 deg: class a votes e^{cos60/T}+e^{cos50/T}, class b e^{cos20/T}+e^{cos30/T} -> b
     assert result.metrics["k4_top1"] == pytest.approx(200 / 3)
     assert result.counts == {"train_images": 4, "val_images": 3, "classes": 2}
+
+
+class InterleavedFake(FakeModel):
+    """A model with its own ``encode(inputs)`` (like vlm2vec): MMEB must use it instead of score fusion."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen = []
+
+    def encode(self, inputs):
+        self.seen.extend(inputs)
+        rows = []
+        for item in inputs:
+            vector = self._text_vector(item.text) if item.text else self._image_vector(item.image)
+            rows.append(vector)
+        return torch.stack(rows).float()
+
+
+def test_mmeb_uses_the_model_encode_and_passes_images_separately_from_text(tmp_path):
+    from evaluate import tasks
+    from evaluate.cache import FeatureCache
+    from evaluate.datasets import load_mmeb
+
+    data = tmp_path / "MMEB-eval"
+    save_image(data / "eval_images" / "N24News" / "a.jpg", PALETTE[0])
+    _write_mmeb_subset(data, "N24News", {
+        "qry_text": ["<|image_1|>\nRepresent the given news image with the following caption for domain "
+                     "classification: storm hits coast"],
+        "qry_img_path": ["N24News/a.jpg"], "tgt_text": [["weather", "sports"]], "tgt_img_path": [["", ""]],
+    })  # fmt: skip
+    query = "Represent the given news image with the following caption for domain classification: storm hits coast"
+    model = InterleavedFake({PALETTE[0]: [1, 0]}, {query: [0.2, 1], "weather": [0, 1], "sports": [1, 0]})
+    subsets = load_mmeb(data, ["N24News"])
+    result = tasks.mmeb(model, subsets, tasks.EncodeSettings(FeatureCache(None, "x")))
+    # fusion would give (e0 + normalize(0.2, 1)) -> prefers "sports"; the model's own text-first encode -> "weather"
+    assert result.details["per_dataset"] == {"N24News": 100.0}
+    assert model.image_calls == 0 and model.text_calls == 0
+    first = model.seen[0]
+    assert first.text == query and first.image is not None and first.instruction is None

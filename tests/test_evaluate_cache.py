@@ -99,7 +99,12 @@ def _align_checkpoint(directory, seed: int, image_revision: str = "r1"):
     head_config = HeadConfig(head="linear", image_dim=8, text_dim=6, target_dim=4)
     config = {
         "head": dataclasses.asdict(head_config),
-        "image_backbone": {"model": "efficientnet-lite0", "revision": image_revision, "pooling": "avg", "dim": 8},
+        "image_backbone": {
+            "model": "efficientnet-lite0",
+            "revision": image_revision,
+            "pooling": "avg",
+            "dim": 8,
+        },
         "text_backbone": {"model": "all-MiniLM-L6-v2", "revision": "r1", "pooling": "mean", "dim": 6},
     }
     return AlignedModel(AlignmentHead(head_config), config).save_pretrained(directory)
@@ -107,7 +112,6 @@ def _align_checkpoint(directory, seed: int, image_revision: str = "r1"):
 
 def test_align_runs_resolve_to_the_latest_step_and_head_or_backbone_changes_change_the_fingerprint(tmp_path):
     from align.model import AlignedModel
-
     from evaluate.models import load_model
 
     old = _align_checkpoint(tmp_path / "run" / "checkpoints" / "step_5", seed=0)
@@ -118,3 +122,57 @@ def test_align_runs_resolve_to_the_latest_step_and_head_or_backbone_changes_chan
     assert model_fingerprint(model) != model_fingerprint(load_model(str(old)))  # another head
     other_backbone = _align_checkpoint(tmp_path / "other", seed=1, image_revision="r2")
     assert model_fingerprint(load_model(str(other_backbone))) != model_fingerprint(model)
+
+
+class StagedModel(FakeModel):
+    """A fake two-stage model: the FakeModel's vectors are the 'backbone', a linear map on images the 'head'."""
+
+    def __init__(self, head: torch.Tensor, backbone_version: int = 0) -> None:
+        super().__init__(VECTORS, TEXTS)
+        self.head = head
+        self.backbone_version = backbone_version
+        self.backbone_calls = {"image": 0, "text": 0}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"head": self.head}
+
+    def backbone_fingerprint(self, modality: str) -> str:
+        return f"{modality}-fake-backbone-v{self.backbone_version}"
+
+    def encode_image_backbone(self, images):
+        self.backbone_calls["image"] += 1
+        return super().encode_image(images, normalize=False)
+
+    def encode_text_backbone(self, texts):
+        self.backbone_calls["text"] += 1
+        return super().encode_text(texts, normalize=False)
+
+    def encode_image_features(self, features, normalize=True):
+        return torch.nn.functional.normalize(features @ self.head, dim=-1)
+
+    def encode_text_features(self, features, normalize=True):
+        return torch.nn.functional.normalize(features, dim=-1)
+
+    def encode_image(self, images, normalize=True):
+        return self.encode_image_features(self.encode_image_backbone(images))
+
+    def encode_text(self, texts, normalize=True):
+        return self.encode_text_features(self.encode_text_backbone(texts))
+
+
+def test_models_sharing_a_backbone_encode_the_data_once(tmp_path, coco):
+    """Trained vs untrained head: the backbone runs once; each head is applied; results match no caching."""
+    permute = torch.eye(3)[[1, 0, 2]]
+    first = StagedModel(torch.eye(3))
+    metrics_a, cache = _score(first, coco, tmp_path / "cache")
+    assert first.backbone_calls == {"image": 2, "text": 2} and cache.misses == 2  # 3 items, batch 2
+    second = StagedModel(permute)  # another head over the same backbone
+    metrics_b, cache = _score(second, coco, tmp_path / "cache")
+    assert second.backbone_calls == {"image": 0, "text": 0} and cache.hits == 2
+    uncached = StagedModel(permute)
+    enc = tasks.EncodeSettings(FeatureCache(None, model_fingerprint(uncached)), batch_size=2)
+    assert tasks.retrieval(uncached, coco, enc).metrics == metrics_b
+    assert metrics_a["i2t_R@1"] == 100.0 and metrics_b["i2t_R@1"] == pytest.approx(100 / 3)
+    new_backbone = StagedModel(torch.eye(3), backbone_version=1)
+    _score(new_backbone, coco, tmp_path / "cache")
+    assert new_backbone.backbone_calls == {"image": 2, "text": 2}

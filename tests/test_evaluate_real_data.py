@@ -68,6 +68,6 @@ def test_zeroshot_on_imagenet_sample_beats_chance_widely(aligned_run, tmp_path):
     result = _evaluate(tmp_path, "zeroshot", "--model", str(aligned_run), "--data", str(IMAGENET),
                        "--templates", str(tmp_path / "templates.txt"))  # fmt: skip
     assert result.counts == {"images": 500, "classes": 1000, "classes_with_images": 500, "templates": 1}
-    assert result.dataset["name"] == "imagenet"
+    assert result.dataset["name"] == "imagenet-sample"
     # chance among 1000 classes: top-1 0.1 %, top-5 0.5 %
     assert result.metrics["top1"] > 5 * 0.1 and result.metrics["top5"] > 5 * 0.5

@@ -79,7 +79,7 @@ def test_zeroshot_defaults_to_imagenet_classnames_and_custom_templates(tmp_path,
             str(tmp_path / "templates.txt"),
         ],
     )
-    assert result.dataset["name"] == "imagenet"
+    assert result.dataset["name"] == "inet"  # "imagenet" is kept for runs on all 1000 classes
     assert result.metrics["top1"] == 50.0 and result.metrics["mean_per_class_recall"] == 50.0
     assert result.counts["classes"] == 1000 and result.counts["templates"] == 1
 
@@ -119,7 +119,7 @@ def test_retrieval_on_coco_captions_layout(tmp_path, monkeypatch):
     expected = EXPECTED_RETRIEVAL | {"mean_recall": sum(EXPECTED_RETRIEVAL.values()) / 6}
     assert result.metrics == pytest.approx(expected)
     assert result.counts == {"images": 3, "captions": 5}
-    assert result.dataset["split"] == "val2017" and result.dataset["name"] == "coco"
+    assert result.dataset["split"] == "val2017" and result.dataset["name"] == "coco-val2017"
     # the same through the JSON path + --image-root
     json_path = tmp_path / "coco" / "annotations" / "captions_val2017.json"
     again = _run(
@@ -183,18 +183,43 @@ def test_retrieval_missing_images_fail_before_encoding(tmp_path, monkeypatch, ca
     assert not out.exists()
 
 
-def test_report_joins_results_beside_reference_numbers(tmp_path, monkeypatch, capsys):
+def test_report_joins_results_beside_reference_numbers_of_the_same_protocol(tmp_path, monkeypatch, capsys):
     use_fake_checkpoints(monkeypatch)
-    write_coco_captions(tmp_path / "coco", "val2017", COCO_IMAGES, COCO_CAPTIONS)
     model = FakeModel(COCO_VECTORS, COCO_TEXTS).save_pretrained(tmp_path / "model")
-    _run(tmp_path, ["retrieval", "--model", str(model), "--data", str(tmp_path / "coco")])
+    write_coco_captions(tmp_path / "coco", "val2017", COCO_IMAGES, COCO_CAPTIONS)
+    karpathy = write_karpathy(
+        tmp_path / "dataset_coco.json", tmp_path / "images", "coco", ["test"] * 3, COCO_IMAGES, COCO_CAPTIONS
+    )
+    results = []
+    for name, argv in [
+        ("val2017", ["--data", str(tmp_path / "coco")]),
+        ("karpathy", ["--data", str(karpathy), "--image-root", str(tmp_path / "images")]),
+    ]:
+        results.append(tmp_path / f"{name}.json")
+        common = ["--model", str(model), "--output", str(results[-1]), "--cache-dir", str(tmp_path / "c")]
+        assert main(["retrieval", *common, *argv]) == 0
     capsys.readouterr()
     table_path = tmp_path / "table.md"
-    assert main(["report", str(tmp_path / "result.json"), "--references", "--output", str(table_path)]) == 0
+    assert main(["report", *map(str, results), "--references", "--output", str(table_path)]) == 0
     table = capsys.readouterr().out
-    assert "| retrieval coco i2t_R@1 | retrieval coco i2t_R@5 |" in table.splitlines()[0]
-    rows = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
-    assert "66.67" in rows[str(model)]
-    assert "62.40" in rows["SAIL-L (NV2), 23M pairs [SAIL README]"]
+    header = [cell.strip() for cell in table.splitlines()[0].strip("|").split("|")]
+    assert header[:3] == ["model", "retrieval coco-val2017 i2t_R@1", "retrieval coco-val2017 i2t_R@5"]
+    assert header.index("retrieval coco i2t_R@1") == 7
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")] for line in
+            table.splitlines()[2:]}  # fmt: skip
+    assert rows[str(model)][1] == rows[str(model)][7] == "66.67"
+    sail = rows["SAIL-L (NV2), 23M pairs [SAIL README]"]
+    assert sail[1] == "–" and sail[7] == "62.40"  # the published number only beside the Karpathy 5k protocol
+    assert "VLM2Vec (Phi-3.5-V, full) [VLM2Vec Table 2]" not in rows  # no MMEB column, no MMEB reference row
     assert table_path.read_text().strip() == table.strip()
-    json.loads((tmp_path / "result.json").read_text())  # plain JSON
+
+
+def test_retrieval_json_without_required_keys_is_a_layout_error(tmp_path, capsys):
+    path = tmp_path / "captions_val2017.json"
+    path.write_text(
+        json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"image_id": 1, "id": 5}]})
+    )
+    out = tmp_path / "r.json"
+    assert main(["retrieval", "--model", "open_clip:RN50", "--data", str(path), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "lacks 'caption'" in err and "Expected layout" in err and not out.exists()

@@ -16,7 +16,6 @@ from evaluate.datasets import load_mmeb
 from evaluate.models import load_model
 from evaluate.protocol import EmbedInput
 from evaluate.tasks import EncodeSettings, mmeb
-from vlm2vec.evaluate_hook import register
 from vlm2vec.model import VLM2VecModel
 from vlm2vec.train import main
 
@@ -106,7 +105,6 @@ def _hand_precision_at_1(model: VLM2VecModel, subset) -> float:
 @pytest.mark.parametrize("which", ["trained", "checkpoint", "zero_shot"])
 def test_scores_through_evaluate_mmeb(run, tmp_path, which):
     base, _, out = run
-    register()
     spec = {"trained": out, "checkpoint": out / "checkpoints" / "step_8", "zero_shot": base}[which]
     model = load_model(str(spec))
     assert isinstance(model, VLM2VecModel)

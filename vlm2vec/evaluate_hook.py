@@ -1,8 +1,8 @@
 """How `evaluate` recognises VLM2Vec directories: an export (`vlm2vec_config.json`), a training run (its
 `final/` export), a training checkpoint (`checkpoints/step_N`), or a base VLM of a supported family (zero-shot).
 
-`evaluate.models` lists it with `CheckpointLoader(name="vlm2vec", detect=is_vlm2vec_checkpoint,
-load="vlm2vec.model:VLM2VecModel", ...)`; `register()` adds it at run time.
+`evaluate.models` calls :func:`is_vlm2vec_checkpoint` (lazily) to route such directories to
+`vlm2vec.model.VLM2VecModel`.
 """
 
 from __future__ import annotations
@@ -30,25 +30,3 @@ def is_vlm2vec_checkpoint(directory: Path) -> bool:
         return True
     model_types = {t for family in FAMILIES.values() for t in family.model_types}
     return config.get("model_type") in model_types
-
-
-DESCRIPTION = (
-    "vlm2vec: a VLM2Vec export (vlm2vec_config.json), a training run dir (final/), a checkpoints/step_N dir, "
-    "or a base VLM directory of a supported family (zero-shot)"
-)
-
-
-def register() -> None:
-    """Make `evaluate.models.load_model` recognise every VLM2Vec directory kind above (replaces a narrower
-    built-in `vlm2vec` entry; idempotent)."""
-    from evaluate.models import CHECKPOINT_LOADERS, CheckpointLoader, register_checkpoint_loader
-
-    CHECKPOINT_LOADERS[:] = [loader for loader in CHECKPOINT_LOADERS if loader.name != "vlm2vec"]
-    register_checkpoint_loader(
-        CheckpointLoader(
-            name="vlm2vec",
-            detect=is_vlm2vec_checkpoint,
-            load="vlm2vec.model:VLM2VecModel",
-            description=DESCRIPTION,
-        )
-    )

@@ -212,8 +212,11 @@ def train(cfg: TrainConfig) -> dict[str, float]:
             torch.cuda.set_rng_state(rng_state["rng_cuda"], device)
     net: torch.nn.Module = model
     if world > 1:
+        # Full fine-tuning: a text-only chunk leaves the vision tower unused.
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.tuning == "full",
         )
     logger = MetricsLogger(
         cfg.output_dir,
