@@ -42,7 +42,9 @@ def test_chance_levels_from_result_counts():
 
 
 def test_prepare_splits_classes_and_holds_out_validation(tmp_path):
-    layout = prepare(tmp_path, SplitConfig(str(DATA_ROOT), val_images=4, limit_classes=10, limit_coco_images=12))
+    layout = prepare(
+        tmp_path, SplitConfig(str(DATA_ROOT), val_images=4, limit_classes=10, limit_coco_images=12)
+    )
     train = pd.read_csv(layout.train_manifest)
     val = pd.read_csv(layout.val_manifest)
     split = json.loads(layout.split.read_text())

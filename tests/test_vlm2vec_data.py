@@ -6,7 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from vlm2vec_helpers import color_image, save_tiny_llava_next, write_tiny_mmeb_train
+from vlm2vec_helpers import (
+    color_image,
+    save_tiny_llava_next,
+    single_thread,  # noqa: F401 (autouse fixture)
+    write_tiny_mmeb_train,
+)
 
 from align.losses import info_nce_loss
 from evaluate.protocol import EmbedInput

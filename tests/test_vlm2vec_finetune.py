@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from vlm2vec_helpers import TINY_VLMS, color_image
+from vlm2vec_helpers import (
+    TINY_VLMS,
+    color_image,
+    single_thread,  # noqa: F401 (autouse fixture)
+)
 
 from align.losses import info_nce_loss
 from evaluate.protocol import EmbedInput

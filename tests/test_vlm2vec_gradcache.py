@@ -6,7 +6,11 @@ import contextlib
 
 import pytest
 import torch
-from vlm2vec_helpers import color_image, save_tiny_qwen2_vl
+from vlm2vec_helpers import (
+    color_image,
+    save_tiny_qwen2_vl,
+    single_thread,  # noqa: F401 (autouse fixture)
+)
 
 from align.losses import info_nce_loss
 from evaluate.protocol import EmbedInput

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from vlm2vec_helpers import TINY_VLMS, color_image
+from vlm2vec_helpers import (
+    TINY_VLMS,
+    color_image,
+    single_thread,  # noqa: F401 (autouse fixture)
+)
 
 from evaluate.protocol import EmbedInput
 from vlm2vec.adapters import get_family

@@ -9,7 +9,12 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from vlm2vec_helpers import save_tiny_qwen2_vl, write_tiny_mmeb_eval, write_tiny_mmeb_train
+from vlm2vec_helpers import (
+    save_tiny_qwen2_vl,
+    single_thread,  # noqa: F401 (autouse fixture)
+    write_tiny_mmeb_eval,
+    write_tiny_mmeb_train,
+)
 
 from evaluate.cache import FeatureCache
 from evaluate.datasets import load_mmeb

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -23,8 +24,18 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-# Tiny models on a shared 2-core machine: one thread avoids oversubscription (30x faster here).
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids oversubscription (30x faster here).
+
+    Scoped to the modules that import it (set before their module fixtures) and restored after, so no other
+    test runs with other numerics."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 WORDS = [
     "a",
