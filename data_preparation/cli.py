@@ -24,6 +24,7 @@ from data_preparation.pipeline import (
     prepare_local,
 )
 from data_preparation.tables import DREAMLIP_CAPTION_COLUMNS, PrepareError
+from encode.argtypes import non_negative_int, positive_int
 
 EXIT_BAD_INPUT = 2
 DEFAULTS = ImageChecks()
@@ -50,26 +51,6 @@ examples:
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
 def _aspect(text: str) -> float:
     try:
         value = float(text)
@@ -91,7 +72,7 @@ def _add_checks(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("image filters (run on the original image)")
     group.add_argument(
         "--min-image-size",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULTS.min_image_size,
         help="reject images whose shorter side is below this many pixels (default: %(default)s)",
     )
@@ -145,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prepare.add_argument(
         "--image-size",
-        type=_positive_int,
+        type=positive_int,
         help="resize so the --resize-mode side is this many pixels (never upscales); default: keep the original",
     )
     prepare.add_argument(
@@ -157,21 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
     run = prepare.add_argument_group("img2dataset")
     run.add_argument(
         "--processes",
-        type=_positive_int,
+        type=positive_int,
         default=os.cpu_count() or 1,
         help="download processes (default: CPUs = %(default)s)",
     )
     run.add_argument(
-        "--threads", type=_positive_int, default=64, help="threads per process (default: %(default)s)"
+        "--threads", type=positive_int, default=64, help="threads per process (default: %(default)s)"
     )
     run.add_argument(
-        "--shard-size", type=_positive_int, default=10000, help="images per shard (default: %(default)s)"
+        "--shard-size", type=positive_int, default=10000, help="images per shard (default: %(default)s)"
     )
     run.add_argument(
-        "--timeout", type=_positive_int, default=10, help="seconds per request (default: %(default)s)"
+        "--timeout", type=positive_int, default=10, help="seconds per request (default: %(default)s)"
     )
     run.add_argument(
-        "--retries", type=_non_negative_int, default=0, help="retries per URL (default: %(default)s)"
+        "--retries", type=non_negative_int, default=0, help="retries per URL (default: %(default)s)"
     )
     run.add_argument(
         "--distributor",
@@ -208,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--out", type=Path, required=True, help="output folder")
     _add_captions(local)
     local.add_argument(
-        "--threads", type=_positive_int, default=8, help="image-checking threads (default: %(default)s)"
+        "--threads", type=positive_int, default=8, help="image-checking threads (default: %(default)s)"
     )
     _add_checks(local)
     local.add_argument(
@@ -230,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     coco.add_argument("--out", type=Path, required=True, help="output folder")
     coco.add_argument(
-        "--threads", type=_positive_int, default=8, help="image-checking threads (default: %(default)s)"
+        "--threads", type=positive_int, default=8, help="image-checking threads (default: %(default)s)"
     )
     _add_checks(coco)
     coco.add_argument(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import h5py
 
+from encode.argtypes import non_negative_int, positive_int
 from encode.inputs import (
     DEFAULT_CAPTION_COLUMN,
     DEFAULT_IMAGE_COLUMN,
@@ -44,26 +45,6 @@ examples:
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", required=True, metavar="MODEL", help="registry name, Hugging Face hub id or local folder"
@@ -85,11 +66,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="manifest column with the row key (default: %(default)s)",
     )
     parser.add_argument(
-        "--batch-size", type=_positive_int, default=64, metavar="N", help="rows per forward (default: 64)"
+        "--batch-size", type=positive_int, default=64, metavar="N", help="rows per forward (default: 64)"
     )
     parser.add_argument(
         "--num-workers",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=min(8, os.cpu_count() or 1),
         metavar="N",
         help="DataLoader processes reading and decoding images (default: min(8, CPUs) = %(default)s)",
@@ -103,7 +84,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     existing.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument(
-        "--limit", type=_positive_int, metavar="N", help="encode only the first N rows of the input"
+        "--limit", type=positive_int, metavar="N", help="encode only the first N rows of the input"
     )
     parser.add_argument(
         "--dtype",
@@ -174,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="task instruction for instruction-tuned embedders (NV-Embed-v2 ...)",
     )
     text.add_argument(
-        "--max-length", type=_positive_int, metavar="TOKENS", help="token limit (default: the model's own)"
+        "--max-length", type=positive_int, metavar="TOKENS", help="token limit (default: the model's own)"
     )
     text.add_argument(
         "--text-pooling",
