@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor
 from torch.distributed import ProcessGroup
 
@@ -44,3 +45,25 @@ def all_gather_with_grad(x: Tensor, group: ProcessGroup | None) -> Tensor:
     if world == 1:
         return x
     return _AllGather.apply(x, group, rank, world)
+
+
+def all_gather_uneven_with_grad(x: Tensor, group: ProcessGroup | None) -> tuple[Tensor, int]:
+    """:func:`all_gather_with_grad` for row counts that may differ between ranks.
+
+    Returns the concatenation over ranks (rank order, no padding rows) and the index of this rank's first row
+    in it. The ranks first exchange their row counts (one small collective and a host sync per call); rows are
+    padded to the largest count for the gather and the padding is dropped again, gradients included.
+    """
+    rank, world = rank_and_world(group)
+    if world == 1:
+        return x, 0
+    count = torch.tensor([x.shape[0]], device=x.device)
+    counts_parts = [torch.empty_like(count) for _ in range(world)]
+    dist.all_gather(counts_parts, count, group=group)
+    counts = torch.cat(counts_parts).tolist()
+    offset, longest = sum(counts[:rank]), max(counts)
+    if min(counts) == longest:
+        return _AllGather.apply(x, group, rank, world), offset
+    padded = F.pad(x, (0, 0) * (x.ndim - 1) + (0, longest - x.shape[0]))
+    gathered = _AllGather.apply(padded, group, rank, world)
+    return torch.cat([gathered[r * longest : r * longest + n] for r, n in enumerate(counts)]), offset

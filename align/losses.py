@@ -30,9 +30,10 @@ sends to a gathered slice and returns it to the rank owning it. Each rank then c
 rows against *all* gathered columns, normalised by the *local* row count. The returned loss is the rank's local
 loss (the mean over ranks equals the loss of one process on the whole batch), and with DDP's gradient averaging
 (or averaging the gradients over ranks by hand) the parameter gradients equal those of one process on the whole
-batch. All ranks must pass the same local batch size (use ``drop_last``). SigLIP uses all-gather rather than
-neighbour exchange: one collective, and with chunking the gathered ``N x d`` features are small next to the
-compute.
+batch. SigLIP and CLIP need the same local batch size on every rank (use ``drop_last``); InfoNCE's targets may
+differ in number between ranks (:func:`align.distributed.all_gather_uneven_with_grad`). SigLIP uses all-gather
+rather than neighbour exchange: one collective, and with chunking the gathered ``N x d`` features are small
+next to the compute.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributed import ProcessGroup
 
-from align.distributed import all_gather_with_grad, rank_and_world
+from align.distributed import all_gather_uneven_with_grad, all_gather_with_grad, rank_and_world
 
 __all__ = ["LossOutput", "clip_loss", "info_nce_loss", "siglip_loss"]
 
@@ -66,36 +67,72 @@ class LossOutput:
 # Which entries of the (rows x columns) logits matrix are positive pairs, evaluated block by block.
 
 
-def _key_ranges(start: int, stop: int, period: int, offset: int) -> list[tuple[int, int]]:
-    """Half-open ranges of ``(i % period) + offset`` for ``i`` in ``[start, stop)``."""
-    if stop - start >= period:
-        return [(offset, offset + period)]
-    lo = start % period
-    hi = lo + (stop - start)
-    if hi <= period:
-        return [(offset + lo, offset + hi)]
-    return [(offset + lo, offset + period), (offset, offset + hi - period)]
-
-
 class _DiagonalPositives:
     """Row ``i`` and column ``j`` are positive iff ``(i % row_period) + row_offset == j % col_period``.
 
     Covers SigLIP/CLIP (one positive per block of ``col_period`` columns, e.g. caption and extra caption) and
     InfoNCE's default "target i is the positive of query i", with ``row_offset`` = this rank's first global
-    column under all-gather.
+    column under all-gather. Inside a block the positives lie on a few diagonal runs, so the chunked losses
+    touch them through diagonal views (no block-sized mask, no host sync).
     """
 
     def __init__(self, row_period: int, row_offset: int, col_period: int) -> None:
         self.row_period, self.row_offset, self.col_period = row_period, row_offset, col_period
 
+    def segments(self, i0: int, i1: int, j0: int, j1: int) -> list[tuple[int, int, int]]:
+        """The positives of rows ``[i0, i1)`` x columns ``[j0, j1)`` as diagonal runs ``(row, col, length)``,
+        in block-local coordinates: ``(row + s, col + s)`` is positive for ``s < length``."""
+        runs = []
+        i = i0
+        while i < i1:  # rows whose keys i % row_period + row_offset increase by one
+            stop = min(i1, (i // self.row_period + 1) * self.row_period)
+            key = i % self.row_period + self.row_offset
+            length = min(stop - i, self.col_period - key)  # a key >= col_period matches no column
+            first = (j0 - key - length + 1) // self.col_period
+            for t in range(first, (j1 - 1 - key) // self.col_period + 1):
+                start = key + t * self.col_period  # the column of row i in this period
+                lo, hi = max(j0, start), min(j1, start + length)
+                if lo < hi:
+                    runs.append((i - i0 + lo - start, lo - j0, hi - lo))
+            i = stop
+        return runs
+
+    def diagonals(self, block: Tensor, i0: int, j0: int) -> list[Tensor]:
+        """Views of ``block`` (rows from ``i0``, columns from ``j0``) holding its positive entries."""
+        i1, j1 = i0 + block.shape[0], j0 + block.shape[1]
+        return [block[r : r + n, c : c + n].diagonal() for r, c, n in self.segments(i0, i1, j0, j1)]
+
     def block(self, i0: int, i1: int, j0: int, j1: int, device: torch.device) -> Tensor | None:
-        rows = _key_ranges(i0, i1, self.row_period, self.row_offset)
-        cols = _key_ranges(j0, j1, self.col_period, 0)
-        if not any(max(a, c) < min(b, d) for a, b in rows for c, d in cols):
+        """The boolean positive mask of a block (the dense formulas), None when it holds no positive."""
+        runs = self.segments(i0, i1, j0, j1)
+        if not runs:
             return None
-        row_keys = torch.arange(i0, i1, device=device) % self.row_period + self.row_offset
-        col_keys = torch.arange(j0, j1, device=device) % self.col_period
-        return row_keys[:, None] == col_keys[None, :]
+        mask = torch.zeros(i1 - i0, j1 - j0, dtype=torch.bool, device=device)
+        for r, c, n in runs:
+            mask[r : r + n, c : c + n].diagonal().fill_(True)
+        return mask
+
+    def positive_sums(self, z: Tensor, i0: int, j0: int, cols: bool) -> tuple[Tensor, Tensor | None]:
+        """Per-row (and, with ``cols``, per-column) sums of the block's positive logits."""
+        row_sum = z.new_zeros(z.shape[0])
+        col_sum = z.new_zeros(z.shape[1]) if cols else None
+        for (r, c, n), diagonal in zip(
+            self.segments(i0, i0 + z.shape[0], j0, j0 + z.shape[1]), self.diagonals(z, i0, j0), strict=True
+        ):
+            row_sum[r : r + n] += diagonal
+            if col_sum is not None:
+                col_sum[c : c + n] += diagonal
+        return row_sum, col_sum
+
+    def subtract_targets_(
+        self, dz: Tensor, i0: int, j0: int, row_target: Tensor, col_target: Tensor | None
+    ) -> None:
+        """``dz[i, j] -= row_target[i] (+ col_target[j])`` at the block's positives, in place."""
+        for r, c, n in self.segments(i0, i0 + dz.shape[0], j0, j0 + dz.shape[1]):
+            target = row_target[r : r + n]
+            if col_target is not None:
+                target = target + col_target[c : c + n]
+            dz[r : r + n, c : c + n].diagonal().sub_(target)
 
     def row_counts(self, n_rows: int, n_cols: int, device: torch.device) -> Tensor:
         return torch.full((n_rows,), float(n_cols // self.col_period), device=device)
@@ -120,6 +157,21 @@ class _MaskPositives:
         out = torch.zeros(i1 - i0, j1 - j0, dtype=torch.bool, device=device)
         out[:, lo - j0 : hi - j0] = part
         return out
+
+    def positive_sums(self, z: Tensor, i0: int, j0: int, cols: bool) -> tuple[Tensor, Tensor | None]:
+        is_pos = self.block(i0, i0 + z.shape[0], j0, j0 + z.shape[1], z.device)
+        if is_pos is None:
+            return z.new_zeros(z.shape[0]), z.new_zeros(z.shape[1]) if cols else None
+        pos_z = torch.where(is_pos, z, 0)
+        return pos_z.sum(1), pos_z.sum(0) if cols else None
+
+    def subtract_targets_(
+        self, dz: Tensor, i0: int, j0: int, row_target: Tensor, col_target: Tensor | None
+    ) -> None:
+        is_pos = self.block(i0, i0 + dz.shape[0], j0, j0 + dz.shape[1], dz.device)
+        if is_pos is not None:
+            target = row_target[:, None] if col_target is None else row_target[:, None] + col_target[None, :]
+            dz.sub_(is_pos * target)
 
     def row_counts(self, n_rows: int, n_cols: int, device: torch.device) -> Tensor:
         return self.mask.sum(1, dtype=torch.float32)
@@ -173,23 +225,25 @@ class _ChunkedSigmoidLoss(torch.autograd.Function):
                     yj = y[j0:j1]
                     # u = -label * z: the per-pair loss is softplus(u) and dL/dz = -label * sigmoid(u).
                     u = torch.addmm(bias, scaled_xi, yj.T)
-                    is_pos = positives.block(i0, i1, j0, j1, x.device)
-                    pos = None if is_pos is None else is_pos.to(u.dtype)
-                    if pos is not None:
-                        u.addcmul_(u, pos, value=-2)  # negate the positives' logits in place
+                    diagonals = positives.diagonals(u, i0, j0)  # views of u: they follow its in-place ops
+                    for diagonal in diagonals:
+                        diagonal.neg_()
                     per_pair = F.softplus(u)
-                    total += per_pair.sum(dtype=torch.float64)
-                    if pos is not None:
-                        pos_total += torch.dot(per_pair.view(-1), pos.view(-1))
-                    del per_pair, is_pos
+                    # fp32 row sums, fp64 across rows: exact enough, with no fp64 copy of the block
+                    total += per_pair.sum(1).sum(dtype=torch.float64)
+                    for r, c, count in positives.segments(i0, i1, j0, j1):
+                        pos_total += (
+                            per_pair[r : r + count, c : c + count].diagonal().sum(dtype=torch.float64)
+                        )
+                    del per_pair
                     if want_grad:
                         dz = u.sigmoid_()
-                        if pos is not None:
-                            dz.addcmul_(dz, pos, value=-2)
+                        for diagonal in diagonals:
+                            diagonal.neg_()
                         gx[i0:i1].addmm_(dz, yj)
                         gy[j0:j1].addmm_(dz.T, xi)
-                        gb += dz.sum(dtype=torch.float64)
-                    del u, pos
+                        gb += dz.sum(1).sum(dtype=torch.float64)
+                    del u, diagonals
         loss = (total * weight).float()
         positive = (pos_total * weight).float()
         negative = ((total - pos_total) * weight).float()
@@ -258,12 +312,10 @@ class _ChunkedSoftmaxLoss(torch.autograd.Function):
                     row_lse[i0:i1] = torch.logaddexp(row_lse[i0:i1], torch.logsumexp(z, 1))
                     if use_cols:
                         col_lse[j0:j1] = torch.logaddexp(col_lse[j0:j1], torch.logsumexp(z, 0))
-                    is_pos = positives.block(i0, i1, j0, j1, x.device)
-                    if is_pos is not None:
-                        pos_z = torch.where(is_pos, z, 0)
-                        row_pos[i0:i1] += pos_z.sum(1)
-                        if use_cols:
-                            col_pos[j0:j1] += pos_z.sum(0)
+                    block_row_pos, block_col_pos = positives.positive_sums(z, i0, j0, use_cols)
+                    row_pos[i0:i1] += block_row_pos
+                    if use_cols:
+                        col_pos[j0:j1] += block_col_pos
                     del z
             row_count = positives.row_counts(n, m, x.device)
             negative = row_weight * row_lse.sum(dtype=torch.float64)
@@ -299,12 +351,9 @@ class _ChunkedSoftmaxLoss(torch.autograd.Function):
                     if cw:
                         dz.add_(col_soft)
                         del col_soft
-                    is_pos = positives.block(i0, i1, j0, j1, x.device)
-                    if is_pos is not None:
-                        target = rw / row_count[i0:i1, None]
-                        if cw:
-                            target = target + cw / col_count[None, j0:j1]
-                        dz.sub_(is_pos * target)
+                    positives.subtract_targets_(
+                        dz, i0, j0, rw / row_count[i0:i1], cw / col_count[j0:j1] if cw else None
+                    )
                     gx[i0:i1].addmm_(dz, yj)
                     gy[j0:j1].addmm_(dz.T, xi)
                     del dz
@@ -466,7 +515,9 @@ def info_nce_loss(
 
     ``positive_mask=None`` means target ``i`` is the positive of query ``i`` (``M >= B``; targets past ``B``
     are extra hard negatives). With ``group`` the targets of all ranks are gathered as negatives (rank order);
-    the local mask / diagonal refers to this rank's own targets. Every query needs at least one positive
+    the local mask / diagonal refers to this rank's own targets. Ranks may hold different numbers of targets
+    (rows with and without hard negatives, several positives): the gather pads and drops the padding, at the
+    cost of one small collective and host sync per call to exchange the counts. Every query needs at least one positive
     (checked when the mask is on the CPU; on an accelerator the check would cost a host sync and is skipped, a
     query without positives then gives a non-finite loss).
     """
@@ -494,13 +545,12 @@ def info_nce_loss(
             raise ValueError(
                 f"every query needs at least one positive target; queries without one: {rows[:10]}"
             )
-    rank, world = rank_and_world(group)
     with torch.autocast(query.device.type, enabled=False):
         q = query.float()
-        targets = all_gather_with_grad(target.float(), group)
-        if positive_mask is None:
-            positives = _DiagonalPositives(row_period=b, row_offset=rank * m, col_period=m * world)
+        targets, offset = all_gather_uneven_with_grad(target.float(), group)
+        if positive_mask is None:  # query i <-> global column offset + i
+            positives = _DiagonalPositives(row_period=b, row_offset=offset, col_period=targets.shape[0])
         else:
-            positives = _MaskPositives(positive_mask.to(q.device), col_offset=rank * m)
+            positives = _MaskPositives(positive_mask.to(q.device), col_offset=offset)
         scale = torch.tensor(1.0 / temperature, device=q.device)
         return _softmax(q, targets, scale, positives, 1.0 / b, 0.0, chunk_size)

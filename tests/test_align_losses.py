@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from align.losses import LossOutput, clip_loss, info_nce_loss, siglip_loss
+from align.losses import LossOutput, _DiagonalPositives, clip_loss, info_nce_loss, siglip_loss
 
 N, D = 37, 8
 CHUNKS = [None, 8, 16, 64]  # dense, uneven blocks (37 = 4*8 + 5), blocks larger than the batch
@@ -282,3 +282,35 @@ def test_chunked_siglip_refuses_a_second_backward_through_the_same_graph():
     out.loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="compute the loss again"):
         out.loss.backward()
+
+
+@pytest.mark.parametrize(
+    "row_period, row_offset, col_period",
+    [(37, 0, 37), (6, 6, 12), (6, 0, 12), (5, 3, 7), (4, 9, 10), (8, 0, 3)],
+)
+def test_diagonal_positive_runs_match_the_pairing_rule(row_period, row_offset, col_period):
+    """The diagonal runs the chunked losses use mark exactly the pairs (i % rp) + offset == j % cp, for every
+    block of every size, including blocks crossing periods and keys past the last column period."""
+    positives = _DiagonalPositives(row_period, row_offset, col_period)
+    rows, cols = 2 * row_period + 3, 3 * col_period + 2
+    rule = (torch.arange(rows)[:, None] % row_period + row_offset) == (
+        torch.arange(cols)[None, :] % col_period
+    )
+    for chunk in (1, 2, 5, 7, 64):
+        for i0 in range(0, rows, chunk):
+            for j0 in range(0, cols, chunk):
+                i1, j1 = min(i0 + chunk, rows), min(j0 + chunk, cols)
+                want = rule[i0:i1, j0:j1]
+                got = positives.block(i0, i1, j0, j1, torch.device("cpu"))
+                assert torch.equal(got if got is not None else torch.zeros_like(want), want), (chunk, i0, j0)
+                z = torch.randn(i1 - i0, j1 - j0, dtype=torch.float64)
+                row_sum, col_sum = positives.positive_sums(z, i0, j0, cols=True)
+                torch.testing.assert_close(row_sum, (z * want).sum(1))
+                torch.testing.assert_close(col_sum, (z * want).sum(0))
+                row_t, col_t = (
+                    torch.randn(i1 - i0, dtype=torch.float64),
+                    torch.randn(j1 - j0, dtype=torch.float64),
+                )
+                dz = z.clone()
+                positives.subtract_targets_(dz, i0, j0, row_t, col_t)
+                torch.testing.assert_close(dz, z - want * (row_t[:, None] + col_t[None, :]))
