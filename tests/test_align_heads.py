@@ -1,4 +1,4 @@
-"""Alignment heads: exact parameter counts (SAIL-L), init, logit scale clamp, sharelock."""
+"""Alignment heads: SAIL-L parameter counts, init, logit scale clamp, sharelock, the fused star function."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from align.heads import AlignmentHead, HeadConfig, count_parameters
+from align.heads import AlignmentHead, HeadConfig, StarMLP, count_parameters
 
 
 def meta_head(**kwargs) -> AlignmentHead:
@@ -90,3 +90,79 @@ def test_sharelock_passes_images_through():
         HeadConfig(head="sharelock", image_dim=8, text_dim=5, target_dim=4)
     with pytest.raises(ValueError, match="unknown head"):
         HeadConfig(head="transformer", image_dim=8, text_dim=5)
+
+
+def _plain_star(m, x):
+    """The star formula through plain autograd (what the fused function replaces)."""
+    return m.out(torch.nn.functional.relu6(m.f1(x)) * m.f2(x))
+
+
+def _star_and_grads(m, x, forward):
+    m.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_()
+    y = forward(m, x)
+    # Values of both signs and outside (0, 6) reach the gate, so every branch of ReLU6's derivative is used.
+    (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+    return y.detach(), x.grad, {n: p.grad.clone() for n, p in m.named_parameters()}
+
+
+def test_fused_star_equals_plain_autograd_in_float64():
+
+    torch.manual_seed(0)
+    m = StarMLP(6, 3, width_factor=4).double()
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=2.0)  # pre-activations spread well beyond [0, 6]
+    x = torch.randn(9, 6, dtype=torch.float64)
+    gate = torch.nn.functional.linear(x, m.f1.weight, m.f1.bias)
+    assert (gate < 0).any() and (gate > 6).any() and ((gate > 0) & (gate < 6)).any()
+    y, gx, grads = _star_and_grads(m, x, lambda m, x: m(x))
+    y_ref, gx_ref, grads_ref = _star_and_grads(m, x, _plain_star)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-12, atol=1e-12)
+    assert (
+        grads.keys()
+        == grads_ref.keys()
+        == {f"{a}.{b}" for a in ("f1", "f2", "out") for b in ("weight", "bias")}
+    )
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-12, atol=1e-12, msg=name)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), y_ref)
+
+
+def test_fused_star_under_bf16_autocast_matches_plain_and_keeps_fp32_grads():
+
+    torch.manual_seed(1)
+    m = StarMLP(16, 8, width_factor=2)
+    x = torch.randn(32, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, gx, grads = _star_and_grads(m, x, lambda m, x: m(x))
+        y_ref, gx_ref, grads_ref = _star_and_grads(m, x, _plain_star)
+    assert y.dtype == torch.bfloat16 and gx.dtype == torch.float32
+    torch.testing.assert_close(y.float(), y_ref.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(gx, gx_ref, rtol=2e-2, atol=2e-2)
+    for name, grad in grads.items():
+        assert grad.dtype == torch.float32, name
+        torch.testing.assert_close(grad, grads_ref[name], rtol=3e-2, atol=3e-2, msg=name)
+
+
+def test_fused_star_saves_half_the_hidden_activations():
+
+    m = StarMLP(32, 8, width_factor=8)
+    x = torch.randn(64, 32, requires_grad=True)
+    hidden = 64 * 32 * 8
+
+    def saved_hidden(forward) -> int:
+        seen: dict[int, int] = {}
+
+        def pack(t):
+            if t.numel() == hidden:
+                seen[t.untyped_storage().data_ptr()] = 1
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            forward(m, x)
+        return len(seen)
+
+    assert saved_hidden(_plain_star) == 4  # f1(x), relu6(f1(x)), f2(x) and their product
+    assert saved_hidden(lambda m, x: m(x)) == 2  # the gate and f2(x)
