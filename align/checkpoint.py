@@ -9,15 +9,20 @@ Python values only, loaded with ``torch.load(weights_only=True)``). A checkpoint
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 WEIGHT_FILES = ("head.safetensors", "model.safetensors")
@@ -111,3 +116,86 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     match = _STEP_DIR.match(path.name)
     step = int(match.group(1)) if match else int(trainer_state.get("step", 0))
     return Checkpoint(path, step, load_weights(path, device), load_config(path), trainer_state)
+
+
+def find_resume(
+    output_dir: str | os.PathLike,
+    resume: str | None,
+    checkpoint_format: str,
+    differences: Callable[[dict], list[str]],
+) -> Path | None:
+    """The checkpoint a run continues from; None = a fresh run. Checked before anything is written.
+
+    ``resume``: None (refused when ``output_dir`` already holds checkpoints), ``"latest"`` (the newest one, or
+    a fresh run when there is none yet) or a ``step_N`` directory. The checkpoint must be a
+    ``checkpoint_format`` training checkpoint, and ``differences(saved_train_settings)`` (the trainer's own
+    comparison with its current settings) must come back empty.
+    """
+    output = Path(output_dir)
+    if resume is None:
+        if latest_checkpoint(output) is not None:
+            raise ValueError(
+                f"{output} already holds checkpoints; pass --resume latest to continue that run "
+                "or choose another --output-dir"
+            )
+        return None
+    path = latest_checkpoint(output) if resume == "latest" else Path(resume)
+    if path is None:
+        log.info("--resume latest: no checkpoint in %s yet, starting from scratch", output)
+        return None
+    if not (path / "config.json").is_file():
+        raise ValueError(f"--resume {resume}: not a checkpoint directory (no config.json)")
+    saved = load_config(path)
+    if saved.get("format") != checkpoint_format or "train" not in saved:
+        raise ValueError(
+            f"{path} is not a {checkpoint_format!r} training checkpoint "
+            f"(its format is {saved.get('format')!r}); resume from a checkpoint this trainer wrote"
+        )
+    diffs = differences(saved["train"])
+    if diffs:
+        raise ValueError(
+            f"cannot resume {path} with a different configuration: {'; '.join(diffs)}. "
+            "Use the original settings, or start a new run in another --output-dir."
+        )
+    return path
+
+
+def trainer_state(
+    step: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    precision: Any,
+    device: torch.device,
+    **extra: Any,
+) -> dict:
+    """What a resumed run needs besides the weights: optimizer, scheduler, scaler, RNG, step and ``extra``."""
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": precision.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        **extra,
+    }
+    if device.type == "cuda":
+        state["rng_cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_trainer_state(
+    state: dict, optimizer: torch.optim.Optimizer, scheduler: Any, precision: Any
+) -> int:
+    """Load what :func:`trainer_state` saved into the optimizer, scheduler and scaler; returns the step.
+
+    The RNG is restored separately (:func:`restore_rng`), at the point where the fresh run had drawn as much.
+    """
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    precision.load_state_dict(state["scaler"])
+    return int(state["step"])
+
+
+def restore_rng(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["rng_cpu"])
+    if device.type == "cuda" and "rng_cuda" in state:
+        torch.cuda.set_rng_state(state["rng_cuda"], device)

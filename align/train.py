@@ -15,14 +15,20 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from tqdm import tqdm
 
-from align.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from align.checkpoint import (
+    find_resume,
+    load_checkpoint,
+    restore_rng,
+    restore_trainer_state,
+    save_checkpoint,
+    trainer_state,
+)
 from align.config import TrainConfig
 from align.data import (
     AlignmentData,
@@ -111,40 +117,6 @@ def check_config(cfg: TrainConfig) -> None:
     check_backends(cfg.tensorboard, cfg.wandb_project)
 
 
-def find_resume(cfg: TrainConfig) -> Path | None:
-    """The checkpoint to resume from, after checking it was made with the same settings; None = fresh run."""
-    output = Path(cfg.output_dir)
-    if cfg.resume is None:
-        if latest_checkpoint(output) is not None:
-            raise ValueError(
-                f"{output} already holds checkpoints; pass --resume latest to continue that run "
-                "or choose another --output-dir"
-            )
-        return None
-    if cfg.resume == "latest":
-        path = latest_checkpoint(output)
-        if path is None:
-            log.info("--resume latest: no checkpoint in %s yet, starting from scratch", output)
-            return None
-    else:
-        path = Path(cfg.resume)
-        if not (path / "config.json").is_file():
-            raise ValueError(f"--resume {cfg.resume}: not a checkpoint directory (no config.json)")
-    from align.checkpoint import load_config
-
-    saved = load_config(path)
-    if saved.get("format") != CHECKPOINT_FORMAT or "train" not in saved:
-        raise ValueError(f"{path} is not an align training checkpoint")
-    diffs = cfg.resume_differences(TrainConfig.from_dict(saved["train"]))
-    if diffs:
-        raise ValueError(
-            f"cannot resume {path} with a different configuration: "
-            + "; ".join(diffs)
-            + ". Use the original settings, or start a new run in another --output-dir."
-        )
-    return path
-
-
 def checkpoint_config(cfg: TrainConfig, head: HeadConfig, data: AlignmentData, step: int) -> dict:
     return {
         "format": CHECKPOINT_FORMAT,
@@ -224,7 +196,12 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     device = resolve_device(cfg.device, local_rank)
     rank, world, group = init_distributed(device)
     is_main = rank == 0
-    resume_path = find_resume(cfg)
+    resume_path = find_resume(
+        cfg.output_dir,
+        cfg.resume,
+        CHECKPOINT_FORMAT,
+        lambda saved: cfg.resume_differences(TrainConfig.from_dict(saved)),
+    )
     data = AlignmentData(
         cfg.image_features,
         cfg.text_features,
@@ -254,14 +231,8 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     if resume_path is not None:
         ckpt = load_checkpoint(resume_path, device)
         model.load_state_dict(ckpt.model_state, strict=True)
-        state = ckpt.trainer_state
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        precision.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"], device)
-        start_step = int(state["step"])
+        start_step = restore_trainer_state(ckpt.trainer_state, optimizer, scheduler, precision)
+        restore_rng(ckpt.trainer_state, device)
         log.info("resumed from %s at step %d", resume_path, start_step)
     head: torch.nn.Module = model
     if world > 1:
@@ -355,24 +326,22 @@ def train(cfg: TrainConfig) -> dict[str, float]:
                 sums.zero_()
                 window_steps, window_start = 0, time.perf_counter()
             if is_main and (done % cfg.save_every == 0 or done == total_steps):
-                trainer_state = {
-                    "step": done,
-                    "epoch": done // data.steps_per_epoch,
-                    "batch_in_epoch": done % data.steps_per_epoch,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": precision.state_dict(),
-                    "rng_cpu": torch.get_rng_state(),
-                    "world_size": world,
-                }
-                if device.type == "cuda":
-                    trainer_state["rng_cuda"] = torch.cuda.get_rng_state(device)
+                state = trainer_state(
+                    done,
+                    optimizer,
+                    scheduler,
+                    precision,
+                    device,
+                    epoch=done // data.steps_per_epoch,
+                    batch_in_epoch=done % data.steps_per_epoch,
+                    world_size=world,
+                )
                 save_checkpoint(
                     cfg.output_dir,
                     done,
                     model.state_dict(),
                     checkpoint_config(cfg, hcfg, data, done),
-                    trainer_state,
+                    state,
                     cfg.keep_last,
                 )
             bar.update(1)

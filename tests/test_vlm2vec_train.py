@@ -16,6 +16,7 @@ from vlm2vec_helpers import (
     write_tiny_mmeb_train,
 )
 
+from align.checkpoint import save_checkpoint
 from evaluate.cache import FeatureCache
 from evaluate.datasets import load_mmeb
 from evaluate.models import load_model
@@ -84,13 +85,24 @@ def test_resume_is_exact(run, tmp_path):
     assert losses(resumed) == losses(out)
 
 
-def test_bad_input_fails_before_writing(run, tmp_path):
+def test_bad_input_fails_before_writing(run, tmp_path, caplog):
     base, data, _ = run
     assert main(_args(base, data, tmp_path / "x", "--split", "original", "--subsets", "NoSuchSubset")) == 2
     assert main(_args(base, tmp_path / "missing", tmp_path / "y")) == 2
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
     _, _, out = run
     assert main(_args(base, data, out)) == 2  # holds checkpoints and no --resume
+    foreign = save_checkpoint(  # an align head's checkpoint is no vlm2vec checkpoint
+        tmp_path / "align_run",
+        1,
+        {"w": torch.zeros(1)},
+        {"format": "align-head", "train": {}},
+        {"step": 1},
+        0,
+    )
+    assert main(_args(base, data, tmp_path / "z", "--resume", str(foreign))) == 2
+    assert "is not a 'vlm2vec-train-v1' training checkpoint (its format is 'align-head')" in caplog.text
+    assert not (tmp_path / "z").exists()
 
 
 def _hand_precision_at_1(model: VLM2VecModel, subset) -> float:

@@ -20,7 +20,14 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from align.checkpoint import latest_checkpoint, load_checkpoint, load_config, save_checkpoint
+from align.checkpoint import (
+    find_resume,
+    load_checkpoint,
+    restore_rng,
+    restore_trainer_state,
+    save_checkpoint,
+    trainer_state,
+)
 from align.losses import info_nce_loss
 from align.metrics_log import MetricsLogger, check_backends
 from align.optim import OPTIMIZERS, build_optimizer, param_groups
@@ -76,34 +83,6 @@ def check_config(cfg: TrainConfig) -> None:
             f"--data {cfg.data} is not a directory (the MMEB-train root with one folder per subset)"
         )
     check_backends(cfg.tensorboard, cfg.wandb_project)
-
-
-def find_resume(cfg: TrainConfig) -> Path | None:
-    """The checkpoint to resume from, after checking it was made with the same settings; None = fresh run."""
-    output = Path(cfg.output_dir)
-    if cfg.resume is None:
-        if latest_checkpoint(output) is not None:
-            raise ValueError(
-                f"{output} already holds checkpoints; pass --resume latest to continue that run "
-                "or choose another --output-dir"
-            )
-        return None
-    path = latest_checkpoint(output) if cfg.resume == "latest" else Path(cfg.resume)
-    if path is None:
-        log.info("--resume latest: no checkpoint in %s yet, starting from scratch", output)
-        return None
-    if not (path / "config.json").is_file():
-        raise ValueError(f"--resume {cfg.resume}: not a checkpoint directory (no config.json)")
-    saved = load_config(path)
-    if saved.get("format") != TRAIN_FORMAT:
-        raise ValueError(f"{path} is not a vlm2vec training checkpoint")
-    diffs = cfg.resume_differences(TrainConfig.from_dict(saved["train"]))
-    if diffs:
-        raise ValueError(
-            f"cannot resume {path} with a different configuration: {'; '.join(diffs)}. "
-            "Use the original settings, or start a new run in another --output-dir."
-        )
-    return path
 
 
 def build_model(cfg: TrainConfig, device: torch.device) -> VLM2VecModel:
@@ -165,7 +144,12 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     if cfg.batch_size % world:
         raise ValueError(f"--batch-size {cfg.batch_size} (global) must be divisible by the {world} processes")
     is_main = rank == 0
-    resume_path = find_resume(cfg)
+    resume_path = find_resume(
+        cfg.output_dir,
+        cfg.resume,
+        TRAIN_FORMAT,
+        lambda saved: cfg.resume_differences(TrainConfig.from_dict(saved)),
+    )
     data = MMEBTrainData(
         cfg.data,
         cfg.image_root or cfg.data,
@@ -183,15 +167,12 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(cfg.optimizer, param_groups(model, cfg.wd), lr=cfg.lr)
     scheduler = cosine_schedule(optimizer, cfg.steps, warmup_steps_from(cfg.warmup, cfg.steps))
-    start_step, rng_state = 0, None
+    start_step, resumed_state = 0, None
     if resume_path is not None:
         ckpt = load_checkpoint(resume_path, device)
         model.load_trainable_state_dict(ckpt.model_state)
-        state = ckpt.trainer_state
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        precision.load_state_dict(state["scaler"])
-        start_step, rng_state = int(state["step"]), state
+        resumed_state = ckpt.trainer_state
+        start_step = restore_trainer_state(resumed_state, optimizer, scheduler, precision)
         log.info("resumed from %s at step %d", resume_path, start_step)
     sampler = MMEBBatchSampler(
         data.subset_sizes,
@@ -206,10 +187,8 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     collate = ContrastiveCollator(model.preparer, cfg.query_chunk_size, cfg.target_chunk_size)
     loader = DataLoader(data, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers)
     batches = iter(loader)
-    if rng_state is not None:  # after the loader drew its seed, so dropout continues exactly
-        torch.set_rng_state(rng_state["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in rng_state:
-            torch.cuda.set_rng_state(rng_state["rng_cuda"], device)
+    if resumed_state is not None:  # after the loader drew its seed, so dropout continues exactly
+        restore_rng(resumed_state, device)
     net: torch.nn.Module = model
     if world > 1:
         # Full fine-tuning: a text-only chunk leaves the vision tower unused.
@@ -290,16 +269,6 @@ def train(cfg: TrainConfig) -> dict[str, float]:
 
 
 def _save(cfg, model, optimizer, scheduler, precision, device, done, world) -> None:
-    trainer_state = {
-        "step": done,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": precision.state_dict(),
-        "rng_cpu": torch.get_rng_state(),
-        "world_size": world,
-    }
-    if device.type == "cuda":
-        trainer_state["rng_cuda"] = torch.cuda.get_rng_state(device)
     config = {
         "format": TRAIN_FORMAT,
         "train": cfg.to_dict(),
@@ -311,7 +280,7 @@ def _save(cfg, model, optimizer, scheduler, precision, device, done, world) -> N
         done,
         model.trainable_state_dict(),
         config,
-        trainer_state,
+        trainer_state(done, optimizer, scheduler, precision, device, world_size=world),
         cfg.keep_last,
         weights_name="model.safetensors",
     )
