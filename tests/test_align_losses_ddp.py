@@ -1,10 +1,12 @@
 """align.losses under DDP: a 2-process gloo run on CPU gives the loss and gradients of one process on the
-whole batch (cross-device negatives gathered with gradients, DDP's gradient averaging)."""
+whole batch (cross-device negatives gathered with gradients, DDP's gradient averaging), also for InfoNCE with a
+different number of targets on each rank, and for a GradCache step with DDP's no_sync."""
 
 from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -13,11 +15,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from align.losses import clip_loss, info_nce_loss, siglip_loss
+from vlm2vec.gradcache import grad_cache_step
 
 WORLD = 2
 LOCAL = 6  # rows per rank
 IN_DIM, DIM = 5, 4
 CHUNKS = [None, 4]  # dense and uneven blocks (6 = 4 + 2, 12 = 3 * 4)
+UNEVEN = [LOCAL + 2, 2 * LOCAL]  # targets per rank when rows with and without hard negatives mix
 
 
 class Heads(nn.Module):
@@ -59,17 +63,55 @@ def _data():
     diagonal = torch.zeros(WORLD, LOCAL, 2 * LOCAL, dtype=torch.bool)
     diagonal[:, torch.arange(LOCAL), torch.arange(LOCAL)] = True
     data["global_diagonal"] = torch.block_diag(*diagonal)
+    # Uneven: rank r holds UNEVEN[r] targets; its queries' positives are among its own targets.
+    data["uneven_targets"] = torch.randn(sum(UNEVEN), IN_DIM, generator=g)
+    uneven_masks = [torch.rand(LOCAL, m, generator=g) < 0.2 for m in UNEVEN]
+    for mask in uneven_masks:
+        mask[torch.arange(LOCAL), torch.arange(LOCAL)] = True
+    data["uneven_masks"] = uneven_masks
+    data["uneven_global_mask"] = torch.block_diag(*uneven_masks)
+    data["uneven_global_diagonal"] = torch.block_diag(
+        *[torch.eye(LOCAL, m, dtype=torch.bool) for m in UNEVEN]
+    )
     return data
 
 
+def _target_rows(rank: int | None) -> slice:
+    """The uneven targets of one rank (None: all of them, as one process sees them)."""
+    if rank is None:
+        return slice(0, sum(UNEVEN))
+    return slice(sum(UNEVEN[:rank]), sum(UNEVEN[: rank + 1]))
+
+
+INFO_NCE = ("info_nce", "info_nce_mask", "info_nce_uneven", "info_nce_uneven_mask")
 CASES = [
     (loss, extra, chunk) for loss in ("siglip", "clip") for extra in (False, True) for chunk in CHUNKS
-] + [(loss, False, chunk) for loss in ("info_nce", "info_nce_mask") for chunk in CHUNKS]
+] + [(loss, False, chunk) for loss in INFO_NCE for chunk in CHUNKS]
 
 
-def _loss(model, data, case, rows, mask, group):
+def _mask(data, name: str, rank: int | None):
+    """The positive mask of an InfoNCE case for one rank (its own targets) or for the whole batch."""
+    if rank is not None:
+        return {
+            "info_nce_mask": data["local_masks"][rank],
+            "info_nce_uneven_mask": data["uneven_masks"][rank],
+        }.get(name)
+    return {
+        "info_nce_mask": data["global_mask"],
+        "info_nce": data["global_diagonal"],
+        "info_nce_uneven_mask": data["uneven_global_mask"],
+        "info_nce_uneven": data["uneven_global_diagonal"],
+    }.get(name)
+
+
+def _loss(model, data, case, rows, mask, group, rank=None):
     """Runs one case on the given rows (a rank's slice, or everything) and returns the LossOutput."""
     name, with_extra, chunk = case
+    if name.startswith("info_nce_uneven"):
+        query, target, _, _, _ = model(data["image"][rows], data["uneven_targets"][_target_rows(rank)])
+        return info_nce_loss(
+            query, target, positive_mask=mask, temperature=0.1, chunk_size=chunk, group=group
+        )
     if name.startswith("info_nce"):
         target_rows = slice(2 * rows.start, 2 * rows.stop)
         query, target, _, _, _ = model(data["image"][rows], data["targets"][target_rows])
@@ -92,8 +134,7 @@ def _worker(rank: int, init_file: str, out_file: str) -> None:
     results = {}
     for case in CASES:
         model = DistributedDataParallel(copy.deepcopy(base), find_unused_parameters=True)
-        mask = {"info_nce_mask": data["local_masks"][rank]}.get(case[0])
-        out = _loss(model, data, case, rows, mask, dist.group.WORLD)
+        out = _loss(model, data, case, rows, _mask(data, case[0], rank), dist.group.WORLD, rank)
         out.loss.backward()
         loss = out.loss.detach().clone()
         dist.all_reduce(loss)
@@ -101,15 +142,52 @@ def _worker(rank: int, init_file: str, out_file: str) -> None:
         results[key + "/loss"] = loss / WORLD
         for name, p in model.module.named_parameters():
             results[f"{key}/{name}"] = p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+    results.update(_grad_cache_under_ddp(data, rank))
     if rank == 0:
         torch.save(results, out_file)
     dist.destroy_process_group()
 
 
-def test_two_process_gloo_equals_one_process(tmp_path):
+class Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(IN_DIM, DIM)
+
+    def forward(self, x):
+        return F.normalize(self.proj(x), dim=-1)
+
+
+def _grad_cache_under_ddp(data, rank: int) -> dict[str, torch.Tensor]:
+    """A GradCache step of a DDP model (no_sync on all chunks but the last), uneven targets per rank."""
+    torch.manual_seed(0)
+    model = DistributedDataParallel(Encoder())
+    queries = data["image"][rank * LOCAL : (rank + 1) * LOCAL]
+    targets = data["uneven_targets"][_target_rows(rank)]
+    out = grad_cache_step(
+        model,
+        queries.split(4),
+        targets.split(3),  # 3 target chunks on rank 0, 4 on rank 1
+        lambda q, t: info_nce_loss(q, t, data["uneven_masks"][rank], temperature=0.1, group=dist.group.WORLD),
+        no_sync=model.no_sync,
+    )
+    loss = out.loss.detach().clone()
+    dist.all_reduce(loss)
+    return {
+        "gradcache/loss": loss / WORLD,
+        **{f"gradcache/{n}": p.grad for n, p in model.module.named_parameters()},
+    }
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("ddp")
     out_file = tmp_path / "ddp.pt"
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(out_file)), nprocs=WORLD, join=True)
-    ddp = torch.load(out_file, weights_only=True)
+    return torch.load(out_file, weights_only=True)
+
+
+def test_two_process_gloo_equals_one_process(ddp_results):
+    ddp = ddp_results
 
     torch.manual_seed(0)
     base = Heads()
@@ -119,8 +197,7 @@ def test_two_process_gloo_equals_one_process(tmp_path):
         model = copy.deepcopy(base)
         # One process, whole batch: info_nce's targets are the ranks' [positives; hard negatives] concatenated,
         # so query i's positive sits in its own rank's block.
-        mask = {"info_nce_mask": data["global_mask"], "info_nce": data["global_diagonal"]}.get(case[0])
-        out = _loss(model, data, case, everything, mask, None)
+        out = _loss(model, data, case, everything, _mask(data, case[0], None), None)
         out.loss.backward()
         key = "/".join(map(str, case))
         torch.testing.assert_close(ddp[key + "/loss"], out.loss.detach(), msg=f"loss of {key}")
@@ -129,3 +206,20 @@ def test_two_process_gloo_equals_one_process(tmp_path):
             torch.testing.assert_close(ddp[f"{key}/{name}"], expected, msg=f"grad of {name} in {key}")
             if name in {"image.weight", "text.weight"}:
                 assert expected.abs().sum() > 0
+
+
+def _plain_full_batch_reference(data) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    torch.manual_seed(0)
+    model = Encoder()
+    query, target = model(data["image"]), model(data["uneven_targets"])
+    loss = info_nce_loss(query, target, data["uneven_global_mask"], temperature=0.1).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+def test_grad_cache_under_ddp_equals_the_plain_full_batch_step(ddp_results):
+    loss, grads = _plain_full_batch_reference(_data())
+    torch.testing.assert_close(ddp_results["gradcache/loss"], loss)
+    for name, grad in grads.items():
+        assert grad.abs().sum() > 0
+        torch.testing.assert_close(ddp_results[f"gradcache/{name}"], grad, msg=name)

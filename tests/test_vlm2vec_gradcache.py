@@ -62,8 +62,8 @@ def _grads(model) -> dict[str, torch.Tensor]:
 def _reference_grads(model, batch, seed: int) -> tuple[float, dict[str, torch.Tensor]]:
     """One autograd graph over all chunks, encoded in GradCache's first-pass order (same dropout draws)."""
     torch.manual_seed(seed)
+    target = torch.cat([model(chunk) for chunk in batch.target_chunks])  # targets first, then queries
     query = torch.cat([model(chunk) for chunk in batch.query_chunks])
-    target = torch.cat([model(chunk) for chunk in batch.target_chunks])
     loss = _loss(query, target, batch.positive_mask).loss
     loss.backward()
     return loss.item(), _grads(model)
@@ -128,20 +128,33 @@ def test_grad_cache_under_bf16_autocast(model):
 
 
 def test_no_sync_wraps_all_chunks_but_the_last(model):
+    """DDP reads no_sync at forward time: every chunk forward with grad but the last runs inside it; the last
+    query chunk keeps its first-pass graph, so there is one chunk forward fewer than two per chunk."""
     batch = ContrastiveCollator(model.prepare, query_chunk_size=2, target_chunk_size=3)(_examples())
-    entered = []
+    inside = {"now": False}
+    forwards = []  # (grad enabled, inside no_sync) of every chunk forward
 
     @contextlib.contextmanager
     def no_sync():
-        entered.append(True)
-        yield
+        inside["now"] = True
+        try:
+            yield
+        finally:
+            inside["now"] = False
+
+    def encode(chunk):
+        forwards.append((torch.is_grad_enabled(), inside["now"]))
+        return model(chunk)
 
     grad_cache_step(
-        model,
+        encode,
         batch.query_chunks,
         batch.target_chunks,
         lambda q, t: _loss(q, t, batch.positive_mask),
         no_sync=no_sync,
     )
     model.zero_grad(set_to_none=True)
-    assert len(entered) == len(batch.query_chunks) + len(batch.target_chunks) - 1
+    chunks = len(batch.query_chunks) + len(batch.target_chunks)
+    assert len(forwards) == 2 * chunks - 1
+    with_grad = [unsynced for grad, unsynced in forwards if grad]
+    assert len(with_grad) == chunks and all(with_grad[:-1]) and not with_grad[-1]
