@@ -1,10 +1,14 @@
-"""Fine-tuning two VLM families (Qwen2-VL, LLaVA-Next), tiny and random: LoRA / DoRA / full, GradCache steps
-lower the loss; save, load, merge LoRA and embed the same."""
+"""Fine-tuning four VLM families (Qwen2-VL, LLaVA-Next, Idefics3, SmolVLM), tiny and random: LoRA / DoRA / full,
+GradCache steps lower the loss; save, load, merge LoRA and embed the same; LoRA wraps the decoder projections."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
+from peft.tuners.lora import LoraLayer
+from torch import nn
 from vlm2vec_helpers import (
     TINY_VLMS,
     color_image,
@@ -57,9 +61,22 @@ def _batch_loss(model, collate, examples, train: bool) -> float:
     return out.loss.item()
 
 
+@pytest.mark.parametrize("family", sorted(TINY_VLMS))
+def test_lora_wraps_exactly_the_decoder_projections(base_dirs, family):
+    """The family's default LoRA targets are every linear layer of the text decoder, nothing in the vision tower,
+    projector or LM head (a regex that matches nothing would leave LoRA training no weights)."""
+    model = VLM2VecModel.from_backbone(str(base_dirs[family]))
+    decoder = model.backbone.get_decoder()
+    decoder_linears = {id(module) for module in decoder.modules() if isinstance(module, nn.Linear)}
+    text_config = model.backbone.config.get_text_config()
+    assert len(decoder_linears) == 7 * text_config.num_hidden_layers  # q, k, v, o, gate, up, down
+    model.add_lora(LoraSettings(r=2, alpha=4, dropout=0.0))
+    wrapped = {id(module.base_layer) for module in model.backbone.modules() if isinstance(module, LoraLayer)}
+    assert wrapped == decoder_linears
+
+
 @pytest.mark.parametrize(
-    ("family", "mode"),
-    [("qwen2_vl", "lora"), ("qwen2_vl", "dora"), ("qwen2_vl", "full"), ("llava_next", "lora")],
+    ("family", "mode"), list(itertools.product(sorted(TINY_VLMS), ["lora", "dora", "full"]))
 )
 def test_train_save_load_embed(base_dirs, tmp_path, family, mode):
     torch.manual_seed(0)

@@ -1,10 +1,12 @@
-"""Two VLM families (Qwen2-VL, LLaVA-Next), tiny and random: forward, prompts, pooling under any padding."""
+"""Four VLM families (Qwen2-VL, LLaVA-Next, Idefics3, SmolVLM), tiny and random: forward, prompts, pooling under
+any padding (alone vs batched, left vs right; batches mix image rows with text-only rows)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from vlm2vec_helpers import (
+    IDEFICS3_IMAGE_SEQ_LEN,
     TINY_VLMS,
     color_image,
     single_thread,  # noqa: F401 (autouse fixture)
@@ -63,3 +65,30 @@ def test_prompt_uses_family_image_token(base_dir):
     assert model.preparer.prompt("the dog", "find", has_image=False) == "find the dog"
     with pytest.raises(ValueError, match="has no image"):
         model.preparer.prompt("<|image_1|> x", None, has_image=False)
+
+
+@pytest.mark.parametrize("base_dir", ["idefics3", "smolvlm"], indirect=True)
+def test_idefics3_prompt_expands_image_tokens(base_dir):
+    """The `<image>` of the prompt reaches the model as `image_seq_len` image-token ids (inside the processor's
+    `<fake_token_around_image>` markers) and the pixels change the embedding; a text-only row has none."""
+    model = VLM2VecModel.from_backbone(str(base_dir))
+    tokenizer = model.processor.tokenizer
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    assert model.backbone.config.image_token_id == image_id
+    assert model.processor.image_seq_len == IDEFICS3_IMAGE_SEQ_LEN
+    red = EmbedInput(text="<|image_1|> what color is this ?", image=color_image((255, 0, 0)))
+    blue = EmbedInput(text="<|image_1|> what color is this ?", image=color_image((0, 0, 255), seed=1))
+    text_only = EmbedInput(text="what color is the sky ?")
+    batch = model.prepare([text_only, red])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert (ids == image_id).sum(-1).tolist() == [0, IDEFICS3_IMAGE_SEQ_LEN]
+    tokens = [
+        tokenizer.convert_ids_to_tokens(row[keep.bool()].tolist())
+        for row, keep in zip(ids, mask, strict=True)
+    ]
+    assert tokens[0] == tokenizer.tokenize("what color is the sky ?")
+    image_run = ["<fake_token_around_image>", "<global-img>", *["<image>"] * IDEFICS3_IMAGE_SEQ_LEN]
+    assert tokens[1] == [*image_run, "<fake_token_around_image>", *tokenizer.tokenize("what color is this ?")]
+    assert "pixel_values" not in model.prepare([text_only])
+    embeddings = model.encode([red, blue])
+    assert not torch.allclose(embeddings[0], embeddings[1], atol=1e-3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,17 +12,29 @@ from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     CLIPVisionConfig,
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
+    Idefics3ImageProcessor,
+    Idefics3Processor,
     LlamaConfig,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaNextImageProcessor,
     LlavaNextProcessor,
+    PretrainedConfig,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
+    ProcessorMixin,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessor,
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
+    SmolVLMConfig,
+    SmolVLMForConditionalGeneration,
+    SmolVLMImageProcessor,
+    SmolVLMProcessor,
+    SmolVLMVideoProcessor,
 )
 
 
@@ -74,7 +87,8 @@ WORDS = [
 ]
 
 
-def _tokenizer(special: list[str], eos: str, bos: str | None = None) -> PreTrainedTokenizerFast:
+def word_tokenizer(special: list[str], eos: str, bos: str | None = None) -> PreTrainedTokenizerFast:
+    """A real fast tokenizer over `WORDS` plus `special` tokens (split on whitespace; `<pad>` is id 0)."""
     vocab = {token: index for index, token in enumerate(["<pad>", "<unk>", *special, *WORDS])}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -94,7 +108,7 @@ def save_tiny_qwen2_vl(path: Path, dropout: float = 0.0, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
     special += ["<|image_pad|>", "<|video_pad|>"]
-    tokenizer = _tokenizer(special, eos="<|endoftext|>")
+    tokenizer = word_tokenizer(special, eos="<|endoftext|>")
     image_processor = Qwen2VLImageProcessor(
         min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2
     )
@@ -140,7 +154,7 @@ def save_tiny_qwen2_vl(path: Path, dropout: float = 0.0, seed: int = 0) -> Path:
 def save_tiny_llava_next(path: Path, dropout: float = 0.0, seed: int = 0) -> Path:
     """LLaVA-Next with a 2-layer CLIP tower at 28 px, a 2-layer Llama decoder, anyres grid of 28/56 px."""
     torch.manual_seed(seed)
-    tokenizer = _tokenizer(["<s>", "</s>", "<image>"], eos="</s>", bos="<s>")
+    tokenizer = word_tokenizer(["<s>", "</s>", "<image>"], eos="</s>", bos="<s>")
     pinpoints = [[28, 28], [28, 56], [56, 28]]
     image_processor = LlavaNextImageProcessor(
         size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}, image_grid_pinpoints=pinpoints
@@ -186,7 +200,98 @@ def save_tiny_llava_next(path: Path, dropout: float = 0.0, seed: int = 0) -> Pat
     return path
 
 
-TINY_VLMS = {"qwen2_vl": save_tiny_qwen2_vl, "llava_next": save_tiny_llava_next}
+IDEFICS3_IMAGE_SEQ_LEN = 4  # <image> tokens per 56x56 image: (56/14)^2 patches / scale_factor^2
+
+
+def _save_tiny_idefics3_like(
+    path: Path,
+    dropout: float,
+    seed: int,
+    config_class: type[PretrainedConfig],
+    model_class: type[PreTrainedModel],
+    image_processor_class: type,
+    processor_class: type[ProcessorMixin],
+    processor_kwargs: dict[str, Any],
+) -> Path:
+    """Idefics3 or SmolVLM (same layout): 1-layer SigLIP tower at 56 px, pixel shuffle 2, 2-layer Llama decoder;
+    one 56x56 image (no splitting) -> `IDEFICS3_IMAGE_SEQ_LEN` image tokens."""
+    torch.manual_seed(seed)
+    special = ["<s>", "</s>", "<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]
+    tokenizer = word_tokenizer(special, eos="</s>", bos="<s>")
+    image_processor = image_processor_class(
+        size={"longest_edge": 56}, max_image_size={"longest_edge": 56}, do_image_splitting=False
+    )
+    processor = processor_class(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_len=IDEFICS3_IMAGE_SEQ_LEN,
+        **processor_kwargs,
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    config = config_class(
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=56,
+            patch_size=14,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            attention_dropout=dropout,
+            pad_token_id=0,
+            bos_token_id=ids("<s>"),
+            eos_token_id=ids("</s>"),
+        ).to_dict(),
+        image_token_id=ids("<image>"),
+        scale_factor=2,
+        pad_token_id=0,
+    )
+    model_class(config).save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def save_tiny_idefics3(path: Path, dropout: float = 0.0, seed: int = 0) -> Path:
+    """Idefics3 (tiny, random); see `_save_tiny_idefics3_like`."""
+    return _save_tiny_idefics3_like(
+        path,
+        dropout,
+        seed,
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessor,
+        Idefics3Processor,
+        {},
+    )
+
+
+def save_tiny_smolvlm(path: Path, dropout: float = 0.0, seed: int = 0) -> Path:
+    """SmolVLM (tiny, random); its processor needs `num2words`; see `_save_tiny_idefics3_like`."""
+    return _save_tiny_idefics3_like(
+        path,
+        dropout,
+        seed,
+        SmolVLMConfig,
+        SmolVLMForConditionalGeneration,
+        SmolVLMImageProcessor,
+        SmolVLMProcessor,
+        {"video_processor": SmolVLMVideoProcessor()},
+    )
+
+
+TINY_VLMS = {
+    "qwen2_vl": save_tiny_qwen2_vl,
+    "llava_next": save_tiny_llava_next,
+    "idefics3": save_tiny_idefics3,
+    "smolvlm": save_tiny_smolvlm,
+}
 
 
 def color_image(rgb: tuple[int, int, int], size: int = 48, seed: int = 0) -> Image.Image:

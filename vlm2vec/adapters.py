@@ -33,13 +33,15 @@ class VLMFamily:
     def prompt(self, text: str | None, instruction: str | None, has_image: bool) -> str:
         """Prompt for one row: the family's image token (when there is an image), instruction, then text.
 
-        A text that already holds `<|image_1|>` (MMEB-train) gets the family's image token in its place.
+        A text that already holds `<|image_1|>` (MMEB-train) gets the family's image token in place of the first
+        one (further copies are dropped: a row has one image); for Phi-3.5-V that token is `<|image_1|>` itself.
         """
         body = " ".join(part for part in (instruction, text) if part)
         if MMEB_IMAGE_TOKEN in body:
             if not has_image:
                 raise ValueError(f"prompt {body[:80]!r} holds {MMEB_IMAGE_TOKEN} but the row has no image")
-            return body.replace(MMEB_IMAGE_TOKEN, self.image_prompt, 1).replace(MMEB_IMAGE_TOKEN, "")
+            head, _, tail = body.partition(MMEB_IMAGE_TOKEN)
+            return head + self.image_prompt + tail.replace(MMEB_IMAGE_TOKEN, "")
         if has_image:
             return f"{self.image_prompt}\n{body}" if body else self.image_prompt
         return body
