@@ -15,12 +15,12 @@ import argparse
 import statistics
 import tempfile
 import time
-import weakref
 from pathlib import Path
 
 import torch
 
 from align.losses import info_nce_loss
+from benchmarks.memory import SavedActivationMeter
 from evaluate.protocol import EmbedInput
 from vlm2vec.data import ContrastiveCollator, MMEBExample
 from vlm2vec.gradcache import grad_cache_step
@@ -127,47 +127,6 @@ def time_interleaved(model, plain_batch, cached_batch, repeats: int, device: str
     return statistics.median(times["plain"]), statistics.median(times["cached"])
 
 
-class SavedActivationMeter:
-    """Peak bytes of the tensors autograd keeps for backward (activations; parameters excluded), counting each
-    storage once: the memory that grows with the batch in a plain step and that GradCache bounds by a chunk."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        self.live: dict[int, list[int]] = {}
-        self.current = self.peak = 0
-
-    def _release(self, key: int) -> None:
-        entry = self.live[key]
-        entry[1] -= 1
-        if entry[1] == 0:
-            self.current -= entry[0]
-            del self.live[key]
-
-    def pack(self, tensor: torch.Tensor):
-        key = tensor.untyped_storage().data_ptr()
-        if key in self.params or tensor.device.type == "meta":
-            return tensor
-        if key not in self.live:
-            self.live[key] = [tensor.untyped_storage().nbytes(), 0]
-            self.current += self.live[key][0]
-            self.peak = max(self.peak, self.current)
-        self.live[key][1] += 1
-        holder = _Holder(tensor)
-        weakref.finalize(holder, self._release, key)
-        return holder
-
-    @staticmethod
-    def unpack(packed):
-        return packed.tensor if isinstance(packed, _Holder) else packed
-
-
-class _Holder:
-    __slots__ = ("tensor", "__weakref__")
-
-    def __init__(self, tensor: torch.Tensor) -> None:
-        self.tensor = tensor
-
-
 def peak_memory_mib(model, batch, device: str) -> float:
     """One step's peak: CUDA `max_memory_allocated` above the pre-step state; on CPU the saved activations."""
     if device.startswith("cuda"):
@@ -178,7 +137,7 @@ def peak_memory_mib(model, batch, device: str) -> float:
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     meter = SavedActivationMeter(model)
-    with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+    with meter.hooks():
         step(model, batch)
     return meter.peak / 2**20
 

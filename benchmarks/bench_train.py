@@ -12,6 +12,9 @@ chunked SigLIP loss + backward + Lion step, exactly as ``align.train`` runs it.
    logits forward and backward). Goal >= 60 %.
 3. Batch assembly time as a share of the step. Goal < 5 %.
 
+Beside them, in the same run, the star head through plain autograd (``out(ReLU6(f1 x) * f2 x)`` as separate
+modules) against the fused function ``align.heads`` uses: step time and the activations saved for backward.
+
 Times are the fastest of ``--steps`` runs after a warm-up. Both wall and process CPU time are reported; the CPU
 time ratio stays meaningful when other jobs share the cores.
 """
@@ -28,11 +31,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from align.data import AlignmentData
-from align.heads import AlignmentHead, HeadConfig
+from align.heads import AlignmentHead, HeadConfig, ModalityHead
 from align.losses import siglip_loss
 from align.optim import build_optimizer, param_groups
+from benchmarks.memory import SavedActivationMeter
 from encode.store import FeatureStoreWriter, StoreMeta
 
 
@@ -88,6 +93,16 @@ def write_store(path: Path, modality: str, n: int, dim: int, keys: list[str], im
     return path
 
 
+def plain_autograd_embed(head: AlignmentHead, image: torch.Tensor, text: torch.Tensor):
+    """The star head through plain autograd: the baseline of the fused function."""
+
+    def embed(m: ModalityHead, x: torch.Tensor) -> torch.Tensor:
+        h, star = m.norm(x), m.mapping
+        return F.normalize(star.out(F.relu6(star.f1(h)) * star.f2(h)), dim=-1)
+
+    return embed(head.image, image), embed(head.text, text), None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", type=int, default=8, help="divide SAIL-L's dims (2048, 4096, 1024) by this")
@@ -119,17 +134,29 @@ def main(argv: list[str] | None = None) -> int:
             counter["i"] = (counter["i"] + 1) % data.steps_per_epoch
             return data.batch(0, counter["i"])
 
-        def step() -> None:
+        def step(embed=head) -> None:
             b = assemble()
-            image, text, _ = head(b.image, b.text)
+            image, text, _ = embed(b.image, b.text)
             out = siglip_loss(image, text, head.logit_scale, head.logit_bias, chunk_size=args.chunk_size)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()
             head.clamp_logit_scale_()
 
+        def plain_step() -> None:
+            step(lambda image, text: plain_autograd_embed(head, image, text))
+
+        def saved_mib(embed) -> float:
+            meter = SavedActivationMeter(head)
+            with meter.hooks():
+                step(embed)
+            return meter.peak / 2**20
+
         step_wall, step_cpu = timed(step, args.steps, device)
+        plain_wall, plain_cpu = timed(plain_step, args.steps, device)
         batch_wall, batch_cpu = timed(assemble, max(args.steps, 5), device)
+        fused_mib = saved_mib(head)
+        plain_mib = saved_mib(lambda image, text: plain_autograd_embed(head, image, text))
         data.close()
 
     matmul_params = sum(m.weight.numel() for m in head.modules() if isinstance(m, torch.nn.Linear))
@@ -160,6 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     emit(f"| batch assembly (ms) | {1e3 * batch_wall:.2f} | {1e3 * batch_cpu:.2f} | |")
     emit(
         f"| 3. assembly / step | {100 * batch_wall / step_wall:.2f} % | {100 * batch_cpu / step_cpu:.2f} % | < 5 % |"
+    )
+    emit()
+    emit("| star head, fused vs plain autograd | fused | plain | fused / plain |")
+    emit("|---|---|---|---|")
+    emit(f"| step time, wall (s) | {step_wall:.3f} | {plain_wall:.3f} | {step_wall / plain_wall:.2f} |")
+    emit(f"| step time, CPU (s) | {step_cpu:.3f} | {plain_cpu:.3f} | {step_cpu / plain_cpu:.2f} |")
+    emit(
+        f"| activations saved for backward (MiB) | {fused_mib:.0f} | {plain_mib:.0f} | {fused_mib / plain_mib:.2f} |"
     )
     return 0
 
