@@ -151,6 +151,23 @@ def save_tiny_qwen2_vl(path: Path, dropout: float = 0.0, seed: int = 0) -> Path:
     return path
 
 
+def _tiny_llama(tokenizer: PreTrainedTokenizerFast, dropout: float) -> dict:
+    """A 2-layer 32-d Llama decoder config over `tokenizer` (`<s>` / `</s>` as BOS / EOS)."""
+    ids = tokenizer.convert_tokens_to_ids
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attention_dropout=dropout,
+        pad_token_id=0,
+        bos_token_id=ids("<s>"),
+        eos_token_id=ids("</s>"),
+    ).to_dict()
+
+
 def save_tiny_llava_next(path: Path, dropout: float = 0.0, seed: int = 0) -> Path:
     """LLaVA-Next with a 2-layer CLIP tower at 28 px, a 2-layer Llama decoder, anyres grid of 28/56 px."""
     torch.manual_seed(seed)
@@ -178,18 +195,7 @@ def save_tiny_llava_next(path: Path, dropout: float = 0.0, seed: int = 0) -> Pat
             patch_size=14,
             projection_dim=32,
         ).to_dict(),
-        text_config=LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            attention_dropout=dropout,
-            pad_token_id=0,
-            bos_token_id=ids("<s>"),
-            eos_token_id=ids("</s>"),
-        ).to_dict(),
+        text_config=_tiny_llama(tokenizer, dropout),
         image_token_index=ids("<image>"),
         image_grid_pinpoints=pinpoints,
         vision_feature_layer=-1,
@@ -237,18 +243,7 @@ def _save_tiny_idefics3_like(
             image_size=56,
             patch_size=14,
         ),
-        text_config=LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            attention_dropout=dropout,
-            pad_token_id=0,
-            bos_token_id=ids("<s>"),
-            eos_token_id=ids("</s>"),
-        ).to_dict(),
+        text_config=_tiny_llama(tokenizer, dropout),
         image_token_id=ids("<image>"),
         scale_factor=2,
         pad_token_id=0,
