@@ -116,9 +116,8 @@ class _DiagonalPositives:
         """Per-row (and, with ``cols``, per-column) sums of the block's positive logits."""
         row_sum = z.new_zeros(z.shape[0])
         col_sum = z.new_zeros(z.shape[1]) if cols else None
-        for (r, c, n), diagonal in zip(
-            self.segments(i0, i0 + z.shape[0], j0, j0 + z.shape[1]), self.diagonals(z, i0, j0), strict=True
-        ):
+        for r, c, n in self.segments(i0, i0 + z.shape[0], j0, j0 + z.shape[1]):
+            diagonal = z[r : r + n, c : c + n].diagonal()
             row_sum[r : r + n] += diagonal
             if col_sum is not None:
                 col_sum[c : c + n] += diagonal
@@ -231,10 +230,8 @@ class _ChunkedSigmoidLoss(torch.autograd.Function):
                     per_pair = F.softplus(u)
                     # fp32 row sums, fp64 across rows: exact enough, with no fp64 copy of the block
                     total += per_pair.sum(1).sum(dtype=torch.float64)
-                    for r, c, count in positives.segments(i0, i1, j0, j1):
-                        pos_total += (
-                            per_pair[r : r + count, c : c + count].diagonal().sum(dtype=torch.float64)
-                        )
+                    for diagonal in positives.diagonals(per_pair, i0, j0):
+                        pos_total += diagonal.sum(dtype=torch.float64)
                     del per_pair
                     if want_grad:
                         dz = u.sigmoid_()
@@ -517,9 +514,9 @@ def info_nce_loss(
     are extra hard negatives). With ``group`` the targets of all ranks are gathered as negatives (rank order);
     the local mask / diagonal refers to this rank's own targets. Ranks may hold different numbers of targets
     (rows with and without hard negatives, several positives): the gather pads and drops the padding, at the
-    cost of one small collective and host sync per call to exchange the counts. Every query needs at least one positive
-    (checked when the mask is on the CPU; on an accelerator the check would cost a host sync and is skipped, a
-    query without positives then gives a non-finite loss).
+    cost of one small collective and host sync per call to exchange the counts. Every query needs at least one
+    positive (checked when the mask is on the CPU; on an accelerator the check would cost a host sync and is
+    skipped, a query without positives then gives a non-finite loss).
     """
     _check_features(query=query)
     _check_features(target=target)

@@ -1,5 +1,6 @@
-"""Fine-tuning four VLM families (Qwen2-VL, LLaVA-Next, Idefics3, SmolVLM), tiny and random: LoRA / DoRA / full,
-GradCache steps lower the loss; save, load, merge LoRA and embed the same; LoRA wraps the decoder projections."""
+"""Fine-tuning five VLM families (Qwen2-VL, Qwen2.5-VL, LLaVA-Next, Idefics3, SmolVLM), tiny and random: LoRA,
+DoRA or full GradCache steps lower the loss; save, load, merge LoRA and embed the same; LoRA wraps the decoder
+projections."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Four VLM families (Qwen2-VL, LLaVA-Next, Idefics3, SmolVLM), tiny and random: forward, prompts, pooling under
-any padding (alone vs batched, left vs right; batches mix image rows with text-only rows)."""
+"""Five VLM families (Qwen2-VL, Qwen2.5-VL, LLaVA-Next, Idefics3, SmolVLM), tiny and random: forward, prompts,
+pooling under any padding (alone vs batched, left vs right; batches mix image rows with text-only rows)."""
 
 from __future__ import annotations
 

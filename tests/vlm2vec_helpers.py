@@ -25,6 +25,9 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerFast,
     ProcessorMixin,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessor,
@@ -103,8 +106,17 @@ def word_tokenizer(special: list[str], eos: str, bos: str | None = None) -> PreT
     )
 
 
-def save_tiny_qwen2_vl(path: Path, dropout: float = 0.0, seed: int = 0) -> Path:
-    """Qwen2-VL with a 2-layer 32-d decoder and a 1-layer vision tower; 56x56 images -> 4 image tokens."""
+def _save_tiny_qwen_vl(
+    path: Path,
+    dropout: float,
+    seed: int,
+    config_class: type[PretrainedConfig],
+    model_class: type[PreTrainedModel],
+    processor_class: type[ProcessorMixin],
+    vision_config: dict[str, Any],
+) -> Path:
+    """Qwen2-VL or Qwen2.5-VL (same layout): a 2-layer 32-d decoder, a 1-layer vision tower; 56x56 images -> 4
+    image tokens."""
     torch.manual_seed(seed)
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
     special += ["<|image_pad|>", "<|video_pad|>"]
@@ -112,11 +124,11 @@ def save_tiny_qwen2_vl(path: Path, dropout: float = 0.0, seed: int = 0) -> Path:
     image_processor = Qwen2VLImageProcessor(
         min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2
     )
-    processor = Qwen2VLProcessor(
+    processor = processor_class(
         image_processor=image_processor, tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor()
     )
     ids = tokenizer.convert_tokens_to_ids
-    config = Qwen2VLConfig(
+    config = config_class(
         text_config=dict(
             vocab_size=len(tokenizer),
             hidden_size=32,
@@ -132,23 +144,40 @@ def save_tiny_qwen2_vl(path: Path, dropout: float = 0.0, seed: int = 0) -> Path:
             pad_token_id=0,
         ),
         vision_config=dict(
-            depth=1,
-            embed_dim=32,
-            hidden_size=32,
-            num_heads=2,
-            mlp_ratio=2,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
+            depth=1, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, **vision_config
         ),
         image_token_id=ids("<|image_pad|>"),
         video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"),
         vision_end_token_id=ids("<|vision_end|>"),
     )
-    Qwen2VLForConditionalGeneration(config).save_pretrained(path)
+    model_class(config).save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def save_tiny_qwen2_vl(path: Path, dropout: float = 0.0, seed: int = 0) -> Path:
+    """Qwen2-VL (tiny, random); see `_save_tiny_qwen_vl`."""
+    vision = dict(embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2)
+    return _save_tiny_qwen_vl(
+        path, dropout, seed, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor, vision
+    )
+
+
+def save_tiny_qwen2_5_vl(path: Path, dropout: float = 0.0, seed: int = 0) -> Path:
+    """Qwen2.5-VL (tiny, random; windowed vision attention with one full-attention block); see
+    `_save_tiny_qwen_vl`."""
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=32,
+        window_size=28,
+        fullatt_block_indexes=[0],
+    )
+    return _save_tiny_qwen_vl(
+        path, dropout, seed, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, vision
+    )
 
 
 def _tiny_llama(tokenizer: PreTrainedTokenizerFast, dropout: float) -> dict:
@@ -283,6 +312,7 @@ def save_tiny_smolvlm(path: Path, dropout: float = 0.0, seed: int = 0) -> Path:
 
 TINY_VLMS = {
     "qwen2_vl": save_tiny_qwen2_vl,
+    "qwen2_5_vl": save_tiny_qwen2_5_vl,
     "llava_next": save_tiny_llava_next,
     "idefics3": save_tiny_idefics3,
     "smolvlm": save_tiny_smolvlm,
