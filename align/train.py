@@ -45,6 +45,7 @@ from align.metrics_log import MetricsLogger, check_backends
 from align.optim import OPTIMIZERS, build_optimizer, param_groups
 from align.precision import PRECISIONS, Precision
 from align.schedule import cosine_schedule, warmup_steps_from
+from encode.distributed import leave_process_group
 from evaluate.metrics import positive_ranks, recall_at_k
 
 log = logging.getLogger("align.train")
@@ -504,8 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", err)
         return 2 if not isinstance(err, TrainingError) else 1
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        leave_process_group()
     if metrics and int(os.environ.get("RANK", "0")) == 0:
         summary = " ".join(
             f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)

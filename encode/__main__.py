@@ -336,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(err)
     if world.rank == 0:
         _report(summary, backbone.dim, args.dtype)
-    distributed.finish()
+    distributed.leave_process_group()
     return 0
 
 

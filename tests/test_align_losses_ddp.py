@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from align.losses import clip_loss, info_nce_loss, siglip_loss
+from encode.distributed import leave_process_group
 from vlm2vec.gradcache import grad_cache_step
 
 WORLD = 2
@@ -142,10 +143,12 @@ def _worker(rank: int, init_file: str, out_file: str) -> None:
         results[key + "/loss"] = loss / WORLD
         for name, p in model.module.named_parameters():
             results[f"{key}/{name}"] = p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+        del model, out
     results.update(_grad_cache_under_ddp(data, rank))
     if rank == 0:
         torch.save(results, out_file)
-    dist.destroy_process_group()
+    dist.barrier()
+    leave_process_group()  # after `del model` above: nothing may hold the group when it goes
 
 
 class Encoder(nn.Module):

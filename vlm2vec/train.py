@@ -34,6 +34,7 @@ from align.optim import OPTIMIZERS, build_optimizer, param_groups
 from align.precision import PRECISIONS, Precision
 from align.schedule import cosine_schedule, warmup_steps_from
 from align.train import init_distributed, resolve_device
+from encode.distributed import leave_process_group
 from vlm2vec.adapters import FAMILIES
 from vlm2vec.config import TrainConfig
 from vlm2vec.data import (
@@ -398,8 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", err)
         return 1 if isinstance(err, TrainingError) else 2
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        leave_process_group()
     if metrics and int(os.environ.get("RANK", "0")) == 0:
         summary = " ".join(
             f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)
