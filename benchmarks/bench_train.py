@@ -143,8 +143,11 @@ def main(argv: list[str] | None = None) -> int:
             optimizer.step()
             head.clamp_logit_scale_()
 
+        def plain(image: torch.Tensor, text: torch.Tensor):
+            return plain_autograd_embed(head, image, text)
+
         def plain_step() -> None:
-            step(lambda image, text: plain_autograd_embed(head, image, text))
+            step(plain)
 
         def saved_mib(embed) -> float:
             meter = SavedActivationMeter(head)
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         plain_wall, plain_cpu = timed(plain_step, args.steps, device)
         batch_wall, batch_cpu = timed(assemble, max(args.steps, 5), device)
         fused_mib = saved_mib(head)
-        plain_mib = saved_mib(lambda image, text: plain_autograd_embed(head, image, text))
+        plain_mib = saved_mib(plain)
         data.close()
 
     matmul_params = sum(m.weight.numel() for m in head.modules() if isinstance(m, torch.nn.Linear))

@@ -49,9 +49,8 @@ def init_from_env() -> World:
 def leave_process_group() -> None:
     """Leave the process group if one was joined (here or by a trainer).
 
-    Garbage is collected first: objects left in reference cycles that still refer to the group (DDP's reducer,
-    autograd graphs of gathered features) must not outlive it, or the process can abort at exit (seen about once
-    in ten 2-rank gloo runs of the loss tests before this).
+    Garbage is collected first, so that nothing left in reference cycles that still refers to the group outlives
+    it: without that, a 2-rank gloo run of the DDP loss tests aborted at exit about once in ten runs.
     """
     if dist.is_available() and dist.is_initialized():
         gc.collect()
