@@ -19,8 +19,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from align.checkpoint import load_config, load_weights, save_file_weights
 from align.heads import AlignmentHead, HeadConfig
+from core.checkpoint import load_config, load_weights, save_file_weights
+from core.fingerprint import folder_stamps
 
 
 class AlignedModel:
@@ -115,9 +116,8 @@ class AlignedModel:
         digest = hashlib.sha256(json.dumps(info, sort_keys=True).encode())
         folder = Path(str(info.get("model", "")))
         if folder.is_dir():
-            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-                stat = path.stat()
-                digest.update(f"{path.relative_to(folder)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            for stamp in folder_stamps(folder):
+                digest.update(f"{stamp}\n".encode())
         return f"{modality}-backbone-{digest.hexdigest()[:32]}"
 
     @torch.inference_mode()

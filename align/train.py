@@ -21,14 +21,6 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm import tqdm
 
-from align.checkpoint import (
-    find_resume,
-    load_checkpoint,
-    restore_rng,
-    restore_trainer_state,
-    save_checkpoint,
-    trainer_state,
-)
 from align.config import TrainConfig
 from align.data import (
     AlignmentData,
@@ -40,13 +32,22 @@ from align.data import (
     open_store,
 )
 from align.heads import HEADS, AlignmentHead, HeadConfig
-from align.losses import clip_loss, siglip_loss
-from align.metrics_log import MetricsLogger, check_backends
-from align.optim import OPTIMIZERS, build_optimizer, param_groups
-from align.precision import PRECISIONS, Precision
-from align.schedule import cosine_schedule, warmup_steps_from
-from encode.distributed import leave_process_group
-from evaluate.metrics import positive_ranks, recall_at_k
+from core.checkpoint import (
+    find_resume,
+    load_checkpoint,
+    restore_rng,
+    restore_trainer_state,
+    save_checkpoint,
+    trainer_state,
+)
+from core.device import resolve_device
+from core.distributed import init_distributed, leave_process_group
+from core.losses import clip_loss, siglip_loss
+from core.metrics import positive_ranks, recall_at_k
+from core.metrics_log import MetricsLogger, check_backends
+from core.optim import OPTIMIZERS, build_optimizer, param_groups
+from core.precision import PRECISIONS, Precision
+from core.schedule import cosine_schedule, warmup_steps_from
 
 log = logging.getLogger("align.train")
 LOSSES = ("siglip", "clip")
@@ -60,28 +61,6 @@ class TrainingError(RuntimeError):
 
 
 # ----- setup ---------------------------------------------------------------------------------------------------
-def resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda asked but no CUDA device is available; use --device cpu")
-        device = torch.device("cuda", local_rank if device.index is None else device.index)
-        torch.cuda.set_device(device)
-    return device
-
-
-def init_distributed(device: torch.device) -> tuple[int, int, dist.ProcessGroup | None]:
-    """(rank, world size, group) from torchrun's environment; a single process gives (0, 1, None)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, None
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), world, dist.group.WORLD
-
-
 def head_config(cfg: TrainConfig, image_dim: int, text_dim: int) -> HeadConfig:
     target = cfg.target_dim or (image_dim if cfg.head == "sharelock" else 1024)
     return HeadConfig(

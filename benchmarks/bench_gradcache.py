@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from align.losses import info_nce_loss
 from benchmarks.memory import SavedActivationMeter
-from evaluate.protocol import EmbedInput
+from core.losses import info_nce_loss
+from core.protocol import EmbedInput
 from vlm2vec.data import ContrastiveCollator, MMEBExample
 from vlm2vec.gradcache import grad_cache_step
 from vlm2vec.model import VLM2VecModel

@@ -65,7 +65,7 @@ def run_case(n: int, dim: int, chunk_size: int | None, repeats: int, threads: in
     import torch
     import torch.nn.functional as F
 
-    from align.losses import siglip_loss
+    from core.losses import siglip_loss
 
     if threads:
         torch.set_num_threads(threads)

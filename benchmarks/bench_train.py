@@ -35,9 +35,9 @@ import torch.nn.functional as F
 
 from align.data import AlignmentData
 from align.heads import AlignmentHead, HeadConfig, ModalityHead
-from align.losses import siglip_loss
-from align.optim import build_optimizer, param_groups
 from benchmarks.memory import SavedActivationMeter
+from core.losses import siglip_loss
+from core.optim import build_optimizer, param_groups
 from encode.store import FeatureStoreWriter, StoreMeta
 
 

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from core.argtypes import non_negative_int, positive_int
 from data_preparation.checks import ImageChecks
 from data_preparation.download import DISTRIBUTORS, OUTPUT_FORMATS, RESIZE_MODES
 from data_preparation.pipeline import (
@@ -24,7 +25,6 @@ from data_preparation.pipeline import (
     prepare_local,
 )
 from data_preparation.tables import DREAMLIP_CAPTION_COLUMNS, PrepareError
-from encode.argtypes import non_negative_int, positive_int
 
 EXIT_BAD_INPUT = 2
 DEFAULTS = ImageChecks()

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import h5py
 
-from encode.argtypes import non_negative_int, positive_int
+from core.argtypes import non_negative_int, positive_int
+from core.device import resolve_device
+from core.distributed import leave_process_group
 from encode.inputs import (
     DEFAULT_CAPTION_COLUMN,
     DEFAULT_IMAGE_COLUMN,
@@ -227,22 +229,6 @@ def _reusable(out: Path, stored: StoreMeta, args: argparse.Namespace, source: st
         return bool(f.attrs.get("complete", False)) and f["keys"].asstr()[...].tolist() == keys
 
 
-def _resolve_device(requested: str | None, local_rank: int) -> str:
-    import torch
-
-    device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        parsed = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"--device {device!r} is not a torch device ({err})") from err
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-        if parsed.index is None:
-            device = f"cuda:{local_rank}"
-    return device
-
-
 def load_backbone(args: argparse.Namespace, device: str):
     """The backbone the arguments name, through the registry of :mod:`encode.backbones`."""
     from encode.backbones import load_image_backbone, load_text_backbone
@@ -302,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     world = distributed.init_from_env()
     try:
-        device = _resolve_device(args.device, world.local_rank)
+        device = resolve_device(args.device, world.local_rank)
     except ValueError as err:
         return _fail(err)
 
@@ -336,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(err)
     if world.rank == 0:
         _report(summary, backbone.dim, args.dtype)
-    distributed.leave_process_group()
+    leave_process_group()
     return 0
 
 

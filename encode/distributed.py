@@ -12,7 +12,6 @@ resumes the merge. The process group only synchronises (gloo barriers), so it wo
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -44,17 +43,6 @@ def init_from_env() -> World:
     if size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="gloo", timeout=BARRIER_TIMEOUT)
     return World(current_world().rank, current_world().size, int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def leave_process_group() -> None:
-    """Leave the process group if one was joined (here or by a trainer).
-
-    Garbage is collected first, so that nothing left in reference cycles that still refers to the group outlives
-    it: without that, a 2-rank gloo run of the DDP loss tests aborted at exit about once in ten runs.
-    """
-    if dist.is_available() and dist.is_initialized():
-        gc.collect()
-        dist.destroy_process_group()
 
 
 def current_world() -> World:

@@ -20,6 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from core.fingerprint import file_stamp
+
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "EVALUATE_CACHE_DIR"
@@ -89,9 +91,7 @@ def inputs_digest(kind: str, items: Sequence[str | os.PathLike]) -> str:
     digest = hashlib.sha256(f"{CACHE_FORMAT_VERSION}|{kind}|{len(items)}|".encode())
     for item in items:
         if isinstance(item, os.PathLike):
-            path = Path(item).resolve()
-            stat = path.stat()
-            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{file_stamp(item)}\n".encode())
         else:
             digest.update(item.encode() + b"\0")
     return digest.hexdigest()[:32]

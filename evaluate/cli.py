@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from core.metrics import KNN_KS, KNN_TEMPERATURE
+from core.protocol import CapabilityError, check_capabilities
 from evaluate import datasets as D
 from evaluate import tasks
 from evaluate.cache import FeatureCache, default_cache_dir, model_config, model_fingerprint
@@ -20,9 +22,7 @@ from evaluate.datasets import (
     load_retrieval,
     load_winoground,
 )
-from evaluate.metrics import KNN_KS, KNN_TEMPERATURE
 from evaluate.models import ModelSpecError, load_model
-from evaluate.protocol import CapabilityError, check_capabilities
 from evaluate.references import MMEB_BY_NAME, MMEB_DATASETS
 from evaluate.results import EvalResult, metrics_table, report_table
 

@@ -13,8 +13,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from core.fingerprint import file_stamp
+from core.protocol import EmbedInput, encode_inputs
 from evaluate.cache import FeatureCache
-from evaluate.protocol import EmbedInput, encode_inputs
 
 ImageSource = Path | Image.Image
 
@@ -54,7 +55,7 @@ def _cache_items(sources: Sequence[ImageSource]) -> list:
 
 def _backbone_stage(model: object, modality: str) -> tuple[str, Callable, Callable] | None:
     """``(fingerprint, backbone fn, head fn)`` when the model exposes a frozen-backbone stage (see
-    :class:`evaluate.protocol.FeatureStageModel`), else None."""
+    :class:`core.protocol.FeatureStageModel`), else None."""
     backbone = getattr(model, f"encode_{modality}_backbone", None)
     head = getattr(model, f"encode_{modality}_features", None)
     fingerprint = getattr(model, "backbone_fingerprint", None)
@@ -138,7 +139,7 @@ def encode_interleaved(
     """Embed (text, image path, instruction) inputs with ``model.encode`` or score fusion (see protocol)."""
     keys = []
     for text, path, instruction in items:
-        stat = f"{path.resolve()}|{path.stat().st_size}|{path.stat().st_mtime_ns}" if path else ""
+        stat = file_stamp(path) if path else ""
         keys.append(f"{instruction or ''}\x1f{text or ''}\x1f{stat}")
 
     def compute() -> Tensor:

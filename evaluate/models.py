@@ -1,4 +1,4 @@
-"""Resolve a ``--model`` spec to an object following the evaluate protocol (see ``evaluate/protocol.py``).
+"""Resolve a ``--model`` spec to an object following the evaluate protocol (see ``core/protocol.py``).
 
 Specs:
 
@@ -143,7 +143,7 @@ def _import(target: str) -> type:
 def _resolve_align_dir(directory: Path) -> Path:
     if (directory / "head.safetensors").is_file():
         return directory
-    from align.checkpoint import latest_checkpoint
+    from core.checkpoint import latest_checkpoint
 
     latest = latest_checkpoint(directory)
     if latest is None:

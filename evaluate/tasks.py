@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from evaluate import metrics as M
+from core import metrics as M
 from evaluate.cache import FeatureCache
 from evaluate.datasets import (
     MMVP_PROMPT,

@@ -30,9 +30,9 @@ def _untrained(args: argparse.Namespace) -> None:
     """An untrained head: the trained run's exact architecture and seed, at initialisation."""
     import torch
 
-    from align.checkpoint import load_config
     from align.heads import AlignmentHead, HeadConfig
     from align.model import AlignedModel
+    from core.checkpoint import load_config
 
     config = load_config(args.like)
     torch.manual_seed(config["train"]["seed"])

@@ -10,7 +10,7 @@ import torch
 from align_helpers import synthetic_stores
 from safetensors.torch import load_file
 
-from align.checkpoint import latest_checkpoint
+from core.checkpoint import latest_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

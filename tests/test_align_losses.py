@@ -1,4 +1,4 @@
-"""align.losses: chunked and dense paths against naive float64 references (loss, parts and gradients)."""
+"""core.losses: chunked and dense paths against naive float64 references (loss, parts and gradients)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from align.losses import LossOutput, _DiagonalPositives, clip_loss, info_nce_loss, siglip_loss
+from core.losses import LossOutput, _DiagonalPositives, clip_loss, info_nce_loss, siglip_loss
 
 N, D = 37, 8
 CHUNKS = [None, 8, 16, 64]  # dense, uneven blocks (37 = 4*8 + 5), blocks larger than the batch
@@ -20,7 +20,7 @@ def _features(n: int, d: int = D, seed: int = 0, count: int = 3) -> list[torch.T
     return [F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1) for _ in range(count)]
 
 
-# Naive float64 references, written independently of align.losses.
+# Naive float64 references, written independently of core.losses.
 
 
 def ref_siglip(image, text, scale, bias, extra=None):

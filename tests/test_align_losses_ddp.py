@@ -1,4 +1,4 @@
-"""align.losses under DDP: a 2-process gloo run on CPU gives the loss and gradients of one process on the
+"""core.losses under DDP: a 2-process gloo run on CPU gives the loss and gradients of one process on the
 whole batch (cross-device negatives gathered with gradients, DDP's gradient averaging), also for InfoNCE with a
 different number of targets on each rank, and for a GradCache step with DDP's no_sync."""
 
@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from align.losses import clip_loss, info_nce_loss, siglip_loss
-from encode.distributed import leave_process_group
+from core.distributed import leave_process_group
+from core.losses import clip_loss, info_nce_loss, siglip_loss
 from vlm2vec.gradcache import grad_cache_step
 
 WORLD = 2

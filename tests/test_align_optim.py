@@ -8,11 +8,11 @@ import pytest
 import torch
 from lion_pytorch import Lion
 
-from align.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from align.heads import AlignmentHead, HeadConfig
-from align.optim import build_optimizer, param_groups
-from align.precision import Precision
-from align.schedule import cosine_factor, cosine_schedule, warmup_steps_from
+from core.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from core.optim import build_optimizer, param_groups
+from core.precision import Precision
+from core.schedule import cosine_factor, cosine_schedule, warmup_steps_from
 
 
 def small_head() -> AlignmentHead:

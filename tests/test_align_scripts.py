@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from align_helpers import synthetic_stores, write_store
 
-from align.checkpoint import latest_checkpoint, load_checkpoint
+from core.checkpoint import latest_checkpoint, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

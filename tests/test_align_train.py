@@ -14,10 +14,10 @@ import torch
 from align_helpers import synthetic_stores, write_store
 from safetensors.torch import load_file
 
-from align.checkpoint import latest_checkpoint, load_checkpoint
 from align.config import TrainConfig
 from align.data import DataError
 from align.train import TrainingError, build_parser, config_from_args, train
+from core.checkpoint import latest_checkpoint, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

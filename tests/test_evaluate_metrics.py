@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluate import metrics as M
+from core import metrics as M
 
 
 def test_retrieval_recall_several_positives_and_ties_count_against_the_positive():

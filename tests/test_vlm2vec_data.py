@@ -13,8 +13,8 @@ from vlm2vec_helpers import (
     write_tiny_mmeb_train,
 )
 
-from align.losses import info_nce_loss
-from evaluate.protocol import EmbedInput
+from core.losses import info_nce_loss
+from core.protocol import EmbedInput
 from vlm2vec.data import ContrastiveCollator, MMEBBatchSampler, MMEBDataError, MMEBExample, MMEBTrainData
 from vlm2vec.model import VLM2VecModel
 

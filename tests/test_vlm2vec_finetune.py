@@ -16,8 +16,8 @@ from vlm2vec_helpers import (
     single_thread,  # noqa: F401 (autouse fixture)
 )
 
-from align.losses import info_nce_loss
-from evaluate.protocol import EmbedInput
+from core.losses import info_nce_loss
+from core.protocol import EmbedInput
 from vlm2vec.data import ContrastiveCollator, MMEBExample
 from vlm2vec.gradcache import grad_cache_step
 from vlm2vec.model import LoraSettings, VLM2VecModel

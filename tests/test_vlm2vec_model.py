@@ -12,7 +12,7 @@ from vlm2vec_helpers import (
     single_thread,  # noqa: F401 (autouse fixture)
 )
 
-from evaluate.protocol import EmbedInput
+from core.protocol import EmbedInput
 from vlm2vec.adapters import get_family
 from vlm2vec.model import VLM2VecModel
 from vlm2vec.pooling import last_token_index, pool

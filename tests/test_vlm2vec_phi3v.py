@@ -19,7 +19,7 @@ from vlm2vec_helpers import (
     word_tokenizer,
 )
 
-from evaluate.protocol import EmbedInput
+from core.protocol import EmbedInput
 from vlm2vec.adapters import MMEB_IMAGE_TOKEN, get_family
 from vlm2vec.inputs import InputPreparer
 from vlm2vec.model import LoraSettings, VLM2VecConfig, VLM2VecModel

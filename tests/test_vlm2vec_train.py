@@ -16,11 +16,11 @@ from vlm2vec_helpers import (
     write_tiny_mmeb_train,
 )
 
-from align.checkpoint import save_checkpoint
+from core.checkpoint import save_checkpoint
+from core.protocol import EmbedInput
 from evaluate.cache import FeatureCache
 from evaluate.datasets import load_mmeb
 from evaluate.models import load_model
-from evaluate.protocol import EmbedInput
 from evaluate.tasks import EncodeSettings, mmeb
 from vlm2vec.model import VLM2VecModel
 from vlm2vec.train import main

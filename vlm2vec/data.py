@@ -23,7 +23,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from evaluate.protocol import EmbedInput
+from core.protocol import EmbedInput
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from evaluate.protocol import EmbedInput
+from core.protocol import EmbedInput
 from vlm2vec.adapters import VLMFamily, family_for, get_family
 from vlm2vec.inputs import InputPreparer
 from vlm2vec.pooling import POOLING_MODES, pool
@@ -102,7 +102,7 @@ class VLM2VecModel(nn.Module):
 
     `forward(batch)` takes what `prepare` returns and gives `[B, D]` float32 embeddings (L2-normalised when
     `config.normalize`); `encode(inputs)` is the evaluation protocol (objects with `.text`, `.image`,
-    `.instruction`, e.g. `evaluate.protocol.EmbedInput`).
+    `.instruction`, e.g. `core.protocol.EmbedInput`).
     """
 
     def __init__(self, backbone: nn.Module, processor, config: VLM2VecConfig) -> None:
@@ -183,7 +183,7 @@ class VLM2VecModel(nn.Module):
         cls, path: Path, dtype: str, trust_remote_code: bool, device: str | torch.device
     ) -> VLM2VecModel:
         """A `checkpoints/step_N` directory of `vlm2vec.train`: its base model plus the trained weights."""
-        from align.checkpoint import load_checkpoint
+        from core.checkpoint import load_checkpoint
 
         checkpoint = load_checkpoint(path)
         config = VLM2VecConfig.from_dict(checkpoint.config["model"])

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from align.checkpoint import (
+from core.checkpoint import (
     find_resume,
     load_checkpoint,
     restore_rng,
@@ -28,13 +28,13 @@ from align.checkpoint import (
     save_checkpoint,
     trainer_state,
 )
-from align.losses import info_nce_loss
-from align.metrics_log import MetricsLogger, check_backends
-from align.optim import OPTIMIZERS, build_optimizer, param_groups
-from align.precision import PRECISIONS, Precision
-from align.schedule import cosine_schedule, warmup_steps_from
-from align.train import init_distributed, resolve_device
-from encode.distributed import leave_process_group
+from core.device import resolve_device
+from core.distributed import init_distributed, leave_process_group
+from core.losses import info_nce_loss
+from core.metrics_log import MetricsLogger, check_backends
+from core.optim import OPTIMIZERS, build_optimizer, param_groups
+from core.precision import PRECISIONS, Precision
+from core.schedule import cosine_schedule, warmup_steps_from
 from vlm2vec.adapters import FAMILIES
 from vlm2vec.config import TrainConfig
 from vlm2vec.data import (

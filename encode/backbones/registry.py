@@ -10,6 +10,7 @@ from __future__ import annotations
 import timm
 import torch
 
+from core.device import resolve_device
 from encode.backbones import (
     clip_text,
     decoder_text,
@@ -64,9 +65,7 @@ def _check_pooling(pooling: str | None, allowed: tuple[str, ...], family: str) -
 
 
 def _check_device(device: str | torch.device, precision: str) -> torch.device:
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} was asked for but CUDA is not available; use --device cpu")
+    device = resolve_device(device)
     autocast_dtype(device, precision)
     return device
 

@@ -1,12 +1,40 @@
-"""Differentiable collectives for cross-device negatives in the contrastive losses."""
+"""Process groups shared by every stage: joining torchrun's group, rank and world size, differentiable
+all-gathers for cross-device negatives, and leaving the group cleanly."""
 
 from __future__ import annotations
+
+import gc
+import os
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 from torch.distributed import ProcessGroup
+
+
+def init_distributed(device: torch.device) -> tuple[int, int, ProcessGroup | None]:
+    """(rank, world size, group) from torchrun's environment; a single process gives (0, 1, None).
+
+    The backend follows the device: NCCL for CUDA, gloo otherwise.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, None
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world, dist.group.WORLD
+
+
+def leave_process_group() -> None:
+    """Leave the process group if one was joined.
+
+    Garbage is collected first, so that nothing left in reference cycles that still refers to the group outlives
+    it: without that, a 2-rank gloo run of the DDP loss tests aborted at exit about once in ten runs.
+    """
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
 
 
 def rank_and_world(group: ProcessGroup | None) -> tuple[int, int]:

@@ -25,13 +25,13 @@ sum is ``loss``):
   (normalised) sum of the logsumexp terms and ``positive`` the (normalised) sum of ``-mean z_ip``.
 
 Cross-device negatives (``group``): features of the other ranks are all-gathered with
-:func:`align.distributed.all_gather_with_grad`, whose backward sums the gradient that every rank's loss
+:func:`core.distributed.all_gather_with_grad`, whose backward sums the gradient that every rank's loss
 sends to a gathered slice and returns it to the rank owning it. Each rank then computes the loss of its *local*
 rows against *all* gathered columns, normalised by the *local* row count. The returned loss is the rank's local
 loss (the mean over ranks equals the loss of one process on the whole batch), and with DDP's gradient averaging
 (or averaging the gradients over ranks by hand) the parameter gradients equal those of one process on the whole
 batch. SigLIP and CLIP need the same local batch size on every rank (use ``drop_last``); InfoNCE's targets may
-differ in number between ranks (:func:`align.distributed.all_gather_uneven_with_grad`). SigLIP uses all-gather
+differ in number between ranks (:func:`core.distributed.all_gather_uneven_with_grad`). SigLIP uses all-gather
 rather than neighbour exchange: one collective, and with chunking the gathered ``N x d`` features are small
 next to the compute.
 """
@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributed import ProcessGroup
 
-from align.distributed import all_gather_uneven_with_grad, all_gather_with_grad, rank_and_world
+from core.distributed import all_gather_uneven_with_grad, all_gather_with_grad, rank_and_world
 
 __all__ = ["LossOutput", "clip_loss", "info_nce_loss", "siglip_loss"]
 

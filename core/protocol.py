@@ -79,7 +79,7 @@ def check_capabilities(model: object, needs: Sequence[str], task: str) -> None:
     if missing:
         raise CapabilityError(
             f"task {task!r} needs a model with {', '.join(needs)}; {type(model).__name__} lacks "
-            f"{', '.join(missing)}. Use a model that implements the evaluate protocol (see evaluate/protocol.py)."
+            f"{', '.join(missing)}. Use a model that implements the evaluate protocol (see core/protocol.py)."
         )
 
 
