@@ -1,4 +1,11 @@
-"""Mixed precision shared by both trainers: ``fp32 | amp_bf16 | amp_fp16`` (GradScaler for fp16)."""
+"""Precision and dtype names, mapped to torch dtypes in one place.
+
+- ``DTYPES``: weight dtype names (``float32 | bfloat16 | float16``, vlm2vec's ``--dtype``);
+- ``PRECISIONS``: training precisions of both trainers (``fp32 | amp_bf16 | amp_fp16``, GradScaler for fp16),
+  run by :class:`Precision`;
+- ``INFERENCE_PRECISIONS``: frozen-backbone precisions (``auto | bf16 | fp16 | fp32``), resolved per device
+  by :func:`autocast_dtype` and :func:`weights_dtype`.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,40 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 PRECISIONS = ("fp32", "amp_bf16", "amp_fp16")
+INFERENCE_PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# Every precision name but "auto" (which depends on the device) -> its autocast dtype; None = fp32, no autocast.
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "amp_bf16": DTYPES["bfloat16"],
+    "amp_fp16": DTYPES["float16"],
+    "bf16": DTYPES["bfloat16"],
+    "fp16": DTYPES["float16"],
+}
 log = logging.getLogger(__name__)
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The inference autocast dtype: bf16 on CUDA by default (fp16 on request), none (fp32) on CPU."""
+    if precision not in INFERENCE_PRECISIONS:
+        raise ValueError(f"precision must be one of {INFERENCE_PRECISIONS}, got {precision!r}")
+    if device.type == "cpu":
+        if precision in ("auto", "fp32"):
+            return None
+        raise ValueError(f"precision {precision!r} is for GPUs; on CPU backbones run in fp32 (use 'auto')")
+    if precision == "auto":
+        return DTYPES["bfloat16"]
+    return AUTOCAST_DTYPES[precision]
+
+
+def weights_dtype(device: torch.device, precision: str) -> torch.dtype:
+    """dtype for loading multi-billion-parameter weights: the autocast dtype on GPU, fp32 otherwise."""
+    return autocast_dtype(device, precision) or DTYPES["float32"]
 
 
 class Precision:
@@ -29,7 +68,7 @@ class Precision:
             name = "fp32"
         self.requested = name
         self.name = name
-        self.dtype = {"fp32": None, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}[name]
+        self.dtype = AUTOCAST_DTYPES[name]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=name == "amp_fp16")
 
     def autocast(self) -> contextlib.AbstractContextManager:

@@ -15,8 +15,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import h5py
-
 from core.argtypes import non_negative_int, positive_int
 from core.device import resolve_device
 from core.distributed import leave_process_group
@@ -27,7 +25,7 @@ from encode.inputs import (
     InputError,
     load_rows,
 )
-from encode.store import FeatureStore, StoreError, StoreMeta, check_keys
+from encode.store import StoreError, StoreStatus, check_keys, check_output
 
 EXIT_BAD_INPUT = 2
 
@@ -173,60 +171,34 @@ def _fail(err: BaseException | str) -> int:
     return EXIT_BAD_INPUT
 
 
-def _check_output(out: Path, args: argparse.Namespace) -> StoreMeta | None:
+def _check_output(args: argparse.Namespace) -> StoreStatus | None:
     """Output checks that need no model; a resume against another modality, dtype or caption column fails here.
 
-    Returns the settings of the store that ``--resume`` will continue, if there is one.
+    Returns the status of the store that ``--resume`` will continue, if there is one.
     """
-    if not out.parent.is_dir():
-        raise StoreError(f"output folder {out.parent} does not exist; create it first")
-    if out.is_dir():
-        raise StoreError(f"--out {out} is a folder; give a file name such as {out / 'features.h5'}")
-    if not out.exists() or args.overwrite:
-        return None
-    if not args.resume:
-        raise StoreError(f"{out} already exists. Pass --resume to continue it, or --overwrite to replace it.")
-    try:
-        with h5py.File(out, "r") as f:
-            stored = StoreMeta.from_attrs(f.attrs)
-    except (OSError, KeyError, TypeError) as err:
-        raise StoreError(
-            f"{out} cannot be resumed: it is not a feature store ({err}); use --overwrite"
-        ) from err
-    wanted = {
+    settings = {
         "modality": args.modality,
         "dtype": args.dtype,
         "caption_column": args.caption_column if args.modality == "text" else None,
     }
-    diffs = [
-        f"{k}: {getattr(stored, k)!r} in the file != {v!r} now"
-        for k, v in wanted.items()
-        if getattr(stored, k) != v
-    ]
-    if diffs:
-        raise StoreError(
-            f"{out} was written with other settings and cannot be resumed: {'; '.join(diffs)}. "
-            "Use another --out, or --overwrite to start again."
-        )
-    return stored
+    return check_output(args.out, resume=args.resume, overwrite=args.overwrite, settings=settings)
 
 
-def _reusable(out: Path, stored: StoreMeta, args: argparse.Namespace, source: str, keys: list[str]) -> bool:
+def _reusable(stored: StoreStatus, args: argparse.Namespace, source: str, keys: list[str]) -> bool:
     """A complete store that this command asked for by name and rows: --resume keeps it without loading the model.
 
     Anything not decidable without the model (a renamed alias, a default pooling) falls through to the full check.
     """
     text = args.modality == "text"
     pooling = args.text_pooling if text else args.pooling
-    asked = stored.model == args.model and stored.source == source and pooling in (None, stored.pooling)
+    asked: dict[str, object] = {"model": args.model, "source": source}
+    if pooling is not None:
+        asked["pooling"] = pooling
     if text:
-        asked = (
-            asked and stored.instruction == args.instruction and args.max_length in (None, stored.max_length)
-        )
-    if not asked:
-        return False
-    with h5py.File(out, "r") as f:
-        return bool(f.attrs.get("complete", False)) and f["keys"].asstr()[...].tolist() == keys
+        asked["instruction"] = args.instruction
+        if args.max_length is not None:
+            asked["max_length"] = args.max_length
+    return stored.complete_with(keys, asked)
 
 
 def load_backbone(args: argparse.Namespace, device: str):
@@ -269,18 +241,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             else rows.head(args.limit).keys
         )
         check_keys(keys)
-        stored = _check_output(args.out, args)
+        stored = _check_output(args)
     except (InputError, StoreError) as err:
         return _fail(err)
-    if stored is not None and _reusable(args.out, stored, args, rows.source, keys):
+    if stored is not None and _reusable(stored, args, rows.source, keys):
         if int(os.environ.get("RANK", "0")) == 0:
             from encode.pipeline import EncodeSummary
 
-            with FeatureStore(args.out) as store:
-                summary = EncodeSummary(
-                    args.out, len(store), store.failures, store.failed_keys, resumed_from=len(store)
-                )
-            _report(summary, stored.dim, stored.dtype)
+            _report(EncodeSummary.unchanged(stored), stored.meta.dim, stored.meta.dtype)
         return 0
 
     from encode import distributed

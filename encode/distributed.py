@@ -123,10 +123,7 @@ def merge_shards(
                     raise StoreError(
                         f"shard {path} does not hold rows {start}-{stop} of this run; use --overwrite"
                     )
-                for first in range(max(writer.rows_done, start), stop, MERGE_BLOCK_ROWS):
-                    last = min(first + MERGE_BLOCK_ROWS, stop)
-                    valid = shard.valid[first - start : last - start]
-                    writer.write(shard.read(first - start, last - start, dtype=meta.dtype), valid)
+                writer.append_from(shard, start, MERGE_BLOCK_ROWS)
         summary = writer.finish()
     for path, _, _ in shards:
         path.unlink()

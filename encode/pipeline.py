@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import h5py
 import numpy as np
 import torch
 from PIL import Image
@@ -34,7 +33,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from encode import distributed
 from encode.inputs import CaptionRows, ImageRef, Rows, TarMember
-from encode.store import MAX_REPORTED_FAILURES, FeatureStore, FeatureStoreWriter, StoreMeta
+from encode.store import MAX_REPORTED_FAILURES, FeatureStoreWriter, StoreMeta, StoreStatus, complete_store
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +95,11 @@ class EncodeSummary:
     @property
     def rows_per_second(self) -> float:
         return self.encoded_rows / self.seconds if self.seconds > 0 else 0.0
+
+    @classmethod
+    def unchanged(cls, status: StoreStatus) -> EncodeSummary:
+        """A complete store left as it is: nothing encoded, resumed at its last row."""
+        return cls(status.path, status.rows, status.failures, status.failed_keys, resumed_from=status.rows)
 
 
 @dataclass
@@ -272,15 +276,13 @@ def _complete_store(
     meta: StoreMeta, keys: Sequence[str], image_keys: Sequence[str] | None, out: Path, options: EncodeOptions
 ) -> EncodeSummary | None:
     """With ``resume``, a complete ``out`` of the same settings and rows is left untouched, byte for byte."""
-    if not (options.resume and out.exists()):
+    if not options.resume:
         return None
-    FeatureStoreWriter.preflight(out, meta, keys, image_keys, resume=True)  # StoreError if it differs
-    with h5py.File(out, "r") as f:
-        if not f.attrs.get("complete", False):
-            return None
+    status = complete_store(out, meta, keys, image_keys)  # StoreError if it differs
+    if status is None:
+        return None
     logger.debug("%s is already complete", out)
-    with FeatureStore(out) as store:
-        return EncodeSummary(out, len(store), store.failures, store.failed_keys, resumed_from=len(store))
+    return EncodeSummary.unchanged(status)
 
 
 def encode_range(

@@ -10,6 +10,11 @@ One file holds the pooled features of one (modality, model, pooling or caption c
 Crash safety: every dataset is contiguous and allocated when the file is created, so after the header is flushed
 a write only touches raw data at fixed offsets. Features are written and flushed before ``rows_done`` moves, so
 a process killed at any point (``kill -9`` included) leaves a file whose first ``rows_done`` rows are final.
+
+What happens to an existing output is decided here, before anything is written: :func:`check_output` (the path,
+an existing file, a resume against other settings), :meth:`FeatureStoreWriter.preflight` (the same plus the
+rows) and :func:`complete_store` (a finished store that a resume keeps as it is). :class:`StoreStatus` is what
+an existing file says about itself.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -80,16 +85,124 @@ class StoreMeta:
                 values[field.name] = value.item() if isinstance(value, np.generic) else value
         return cls(**values)
 
+    def resume_settings(self) -> dict[str, object]:
+        """The fields a resume must match: all but the toolkit version."""
+        return {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.name not in self._RESUME_EXEMPT
+        }
+
     def differences(self, other: StoreMeta) -> list[str]:
-        """Fields (other than the toolkit version) whose values differ, as ``name: mine != theirs``."""
-        out = []
-        for field in dataclasses.fields(self):
-            if field.name in self._RESUME_EXEMPT:
-                continue
-            mine, theirs = getattr(self, field.name), getattr(other, field.name)
-            if mine != theirs:
-                out.append(f"{field.name}: {theirs!r} in the file != {mine!r} now")
-        return out
+        """Fields (other than the toolkit version) whose values differ, as ``name: theirs in the file != mine``."""
+        return setting_differences(other, self.resume_settings())
+
+
+def setting_differences(stored: StoreMeta, wanted: Mapping[str, object]) -> list[str]:
+    """``name: stored in the file != wanted now`` for each field in ``wanted`` whose stored value differs."""
+    return [
+        f"{name}: {getattr(stored, name)!r} in the file != {value!r} now"
+        for name, value in wanted.items()
+        if getattr(stored, name) != value
+    ]
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    """An existing store file as its attrs say (its features are not read).
+
+    ``rows`` is the row count the file was created for and ``rows_done`` how many are durably written.
+    """
+
+    path: Path
+    meta: StoreMeta
+    complete: bool
+    rows: int
+    rows_done: int
+    failures: int
+    failed_keys: list[str]
+
+    def holds(self, keys: Sequence[str]) -> bool:
+        """Whether the store's rows are exactly ``keys``, in order (reads the stored keys)."""
+        with h5py.File(self.path, "r") as f:
+            stored = f["keys"].asstr()[...]
+        return len(stored) == len(keys) and np.array_equal(stored, np.asarray(keys, dtype=object))
+
+    def complete_with(self, keys: Sequence[str], settings: Mapping[str, object]) -> bool:
+        """Whether the store is complete, has every value in ``settings`` and holds exactly ``keys``."""
+        return self.complete and not setting_differences(self.meta, settings) and self.holds(keys)
+
+
+def _read_status(path: Path) -> StoreStatus:
+    """The status of the store file at ``path``; raises OSError, KeyError, TypeError or JSONDecodeError."""
+    with h5py.File(path, "r") as f:
+        attrs = f.attrs
+        return StoreStatus(
+            path=path,
+            meta=StoreMeta.from_attrs(attrs),
+            complete=bool(attrs.get("complete", False)),
+            rows=int(f["keys"].shape[0]),
+            rows_done=int(f["rows_done"][0]),
+            failures=int(attrs.get("failures", 0)),
+            failed_keys=json.loads(attrs.get("failed_keys", "[]")),
+        )
+
+
+def check_output(
+    path: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    settings: Mapping[str, object] | None = None,
+) -> StoreStatus | None:
+    """Decide, without writing, what an encode run may do with the output ``path``.
+
+    Returns the status of the existing store that ``resume`` continues, or None when there is no file or
+    ``overwrite`` will replace it. Raises StoreError when the folder is missing, ``path`` is a folder, the file
+    exists without ``resume`` or ``overwrite``, is not a readable store, or differs from ``settings`` (store
+    meta field -> value; only the fields given are compared).
+    """
+    path = Path(path)
+    if resume and overwrite:
+        raise StoreError("resume and overwrite exclude each other: pick one")
+    if not path.parent.is_dir():
+        raise StoreError(f"output folder {path.parent} does not exist; create it first")
+    if path.is_dir():
+        raise StoreError(f"--out {path} is a folder; give a file name such as {path / 'features.h5'}")
+    if not path.exists() or overwrite:
+        return None
+    if not resume:
+        raise StoreError(
+            f"{path} already exists. Pass --resume to continue it, or --overwrite to replace it."
+        )
+    try:
+        status = _read_status(path)
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as err:
+        raise StoreError(
+            f"{path} cannot be resumed: it is not a readable feature store ({err}). "
+            "Pass --overwrite to start it again."
+        ) from err
+    diffs = setting_differences(status.meta, settings or {})
+    if diffs:
+        raise StoreError(
+            f"{path} was written with other settings and cannot be resumed: {'; '.join(diffs)}. "
+            "Use another --out, or --overwrite to start again."
+        )
+    return status
+
+
+def complete_store(
+    path: str | os.PathLike, meta: StoreMeta, keys: Sequence[str], image_keys: Sequence[str] | None = None
+) -> StoreStatus | None:
+    """The store at ``path`` when it is complete with ``meta``'s settings and exactly these rows, so that a
+    resume leaves it as it is, byte for byte; None when there is no file or it is unfinished.
+
+    Raises StoreError (see :meth:`FeatureStoreWriter.preflight`) when the file holds other settings or rows.
+    """
+    if not Path(path).exists():
+        return None
+    status = FeatureStoreWriter.preflight(path, meta, keys, image_keys, resume=True)
+    return status if status is not None and status.complete else None
 
 
 def _utf8_array(values: Sequence[str]) -> np.ndarray:
@@ -116,7 +229,8 @@ class FeatureStoreWriter:
     """Writes one store row chunk by row chunk; resumable after a crash.
 
     Call :meth:`preflight` (cheap, no file written) before loading models so bad input fails before any work.
-    Rows must be written in order with :meth:`write`; :meth:`finish` marks the store complete.
+    Rows must be written in order with :meth:`write` (or copied from another store with :meth:`append_from`);
+    :meth:`finish` marks the store complete.
     """
 
     def __init__(
@@ -133,7 +247,7 @@ class FeatureStoreWriter:
         self.meta = meta
         self.n_rows = len(keys)
         existing = self.preflight(self.path, meta, keys, image_keys, resume=resume, overwrite=overwrite)
-        if existing:
+        if existing is not None:
             self._file = h5py.File(self.path, "r+")
         else:
             self._file = self._create(keys, image_keys)
@@ -151,10 +265,12 @@ class FeatureStoreWriter:
         *,
         resume: bool = False,
         overwrite: bool = False,
-    ) -> bool:
-        """Validate the request without writing; return True when an existing store will be resumed.
+    ) -> StoreStatus | None:
+        """Validate the request without writing; returns the status of the existing store that will be resumed.
 
-        With ``overwrite`` an existing file is removed here, after all other checks passed.
+        The rows must be valid (:func:`check_keys`, ``image_keys`` for text) and the output as
+        :func:`check_output` requires, with a resumed store of the same settings and rows. With ``overwrite``
+        an existing file is removed here, after all other checks passed.
         """
         path = Path(path)
         check_keys(keys)
@@ -162,39 +278,17 @@ class FeatureStoreWriter:
             raise StoreError(f"image_keys has {len(image_keys)} entries for {len(keys)} keys")
         if meta.modality == "text" and image_keys is None:
             raise StoreError("a text store needs image_keys linking each caption to its image")
-        if not path.parent.exists():
-            raise StoreError(f"output folder {path.parent} does not exist; create it first")
-        if not path.exists():
-            return False
-        if resume:
-            try:
-                with h5py.File(path, "r") as f:
-                    old = StoreMeta.from_attrs(f.attrs)
-                    old_keys = f["keys"].asstr()[...]
-            except (OSError, KeyError, TypeError) as err:
-                raise StoreError(
-                    f"{path} cannot be resumed: it is not a readable feature store ({err}). "
-                    "Pass --overwrite to start it again."
-                ) from err
-            diffs = meta.differences(old)
-            if diffs:
-                raise StoreError(
-                    f"{path} was written with other settings and cannot be resumed: "
-                    + "; ".join(diffs)
-                    + ". Use another --out, or --overwrite to start again."
-                )
-            if len(old_keys) != len(keys) or not np.array_equal(old_keys, np.asarray(keys, dtype=object)):
-                raise StoreError(
-                    f"{path} holds other rows ({len(old_keys)}) than this input ({len(keys)}); "
-                    "resume with the same --data, --limit and shard settings, or pass --overwrite."
-                )
-            return True
-        if overwrite:
-            path.unlink()
-            return False
-        raise StoreError(
-            f"{path} already exists. Pass --resume to continue it, or --overwrite to replace it."
-        )
+        status = check_output(path, resume=resume, overwrite=overwrite, settings=meta.resume_settings())
+        if status is None:
+            if overwrite:
+                path.unlink(missing_ok=True)
+            return None
+        if not status.holds(keys):
+            raise StoreError(
+                f"{path} holds other rows ({status.rows}) than this input ({len(keys)}); "
+                "resume with the same --data, --limit and shard settings, or pass --overwrite."
+            )
+        return status
 
     def _create(self, keys: Sequence[str], image_keys: Sequence[str] | None) -> h5py.File:
         n, dim = len(keys), self.meta.dim
@@ -234,6 +328,19 @@ class FeatureStoreWriter:
         self._rows_done[0] = stop
         self._file.flush()
         self.rows_done = stop
+
+    def append_from(self, source: FeatureStore, offset: int, block_rows: int = 65536) -> None:
+        """Copy ``source``, which holds rows ``[offset, offset + len(source))`` of this store, in blocks of
+        ``block_rows``; rows before the resume point are already written and skipped."""
+        stop = offset + len(source)
+        if self.rows_done < offset:
+            raise StoreError(
+                f"cannot copy rows {offset}-{stop}: rows {self.rows_done}-{offset} are not written"
+            )
+        for first in range(self.rows_done, stop, block_rows):
+            last = min(first + block_rows, stop)
+            rows = slice(first - offset, last - offset)
+            self.write(source.read(rows.start, rows.stop, dtype=self.meta.dtype), source.valid[rows])
 
     def finish(self) -> dict[str, object]:
         """Mark the store complete; returns the failure summary also saved in the attrs."""

@@ -1,9 +1,10 @@
 """Backbone registry: pooling against hand computation on tiny random checkpoints, the two real offline models
-against their own libraries, and the error paths. CPU-only, offline."""
+against their own libraries, resolution order and registering a kind, and the error paths. CPU-only, offline."""
 
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,16 @@ from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, CLIPModel
 
 from encode.backbones import (
+    IMAGE_BACKBONES,
+    TEXT_BACKBONES,
+    BackboneRequest,
+    ImageBackbone,
     RemoteCodeError,
     UnknownModelError,
     load_image_backbone,
     load_text_backbone,
 )
+from encode.backbones.kinds import PREFIXED, resolve
 from encode.backbones.pooling import last_token_indices
 from encode.store import StoreMeta
 from tests.backbone_helpers import (
@@ -278,3 +284,114 @@ def test_bad_pooling_and_device_fail_before_loading() -> None:
         load_text_backbone("all-MiniLM-L6-v2", pooling="bogus")
     with pytest.raises(ValueError, match="precision"):
         load_image_backbone("efficientnet-lite0", precision="fp16")
+
+
+def test_unknown_model_error_lists_every_registered_family() -> None:
+    built_in = {
+        "image": {"offline", "open_clip", "timm", "hf_vision"},
+        "text": {"offline", "open_clip", "nv_embed", "clip_text", "decoder", "sentence_transformers"},
+    }
+    for modality, load, kinds in [
+        ("image", load_image_backbone, IMAGE_BACKBONES),
+        ("text", load_text_backbone, TEXT_BACKBONES),
+    ]:
+        assert built_in[modality] <= set(kinds.names())
+        with pytest.raises(UnknownModelError) as error:
+            load("definitely-not-a-model")
+        message = str(error.value)
+        assert message.startswith(f"unknown {modality} model 'definitely-not-a-model'. Supported families:")
+        for entry in kinds:
+            assert f"  - {entry.name}: {entry.info.description}; pooling " in message
+
+
+def test_resolution_order_picks_each_family_without_loading_weights(tmp_path: Path) -> None:
+    timm_folder = save_tiny_timm_vit(tmp_path / "vit")
+    dinov2_folder = save_tiny_dinov2(tmp_path / "dinov2")
+    clip_folder = save_tiny_clip(tmp_path / "clip")
+    qwen_folder = save_tiny_qwen2(tmp_path / "qwen")
+    nv_folder = save_fake_nv_embed(tmp_path / "nv")
+    expected = {
+        "image": {
+            "efficientnet-lite0": "offline",
+            "open_clip:ViT-B-32/openai": "open_clip",
+            "timm:vit_tiny_patch16_224": "timm",
+            f"timm:{timm_folder}": "timm",
+            str(timm_folder): "timm",
+            str(dinov2_folder): "hf_vision",
+            str(clip_folder): "hf_vision",
+            "resnet50": "timm",
+        },
+        "text": {
+            "all-MiniLM-L6-v2": "offline",
+            "open_clip:ViT-B-32/openai": "open_clip",
+            str(nv_folder): "nv_embed",
+            str(clip_folder): "clip_text",
+            str(qwen_folder): "decoder",
+            str(dinov2_folder): "sentence_transformers",  # any other checkpoint
+            "Alibaba-NLP/gte-Qwen2-7B-instruct": "decoder",  # the known-model table; nothing is read
+        },
+    }
+    for modality, kinds in [("image", IMAGE_BACKBONES), ("text", TEXT_BACKBONES)]:
+        for name, family in expected[modality].items():
+            assert resolve(BackboneRequest(name, modality), kinds).name == family, (modality, name)
+
+
+class _GlobalPool(torch.nn.Module):
+    def __init__(self, pooling: str) -> None:
+        super().__init__()
+        self.pooling = pooling
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels.mean(dim=(2, 3)) if self.pooling == "mean" else pixels.amax(dim=(2, 3))
+
+
+def _small_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image.resize((4, 4)), dtype=np.float32)).permute(2, 0, 1)
+
+
+@pytest.fixture
+def fake_image_kind():
+    """A tiny image family claiming ``fake:`` names, registered for one test and removed afterwards."""
+
+    def is_fake(request: BackboneRequest) -> bool:
+        return request.name.startswith("fake:")
+
+    @IMAGE_BACKBONES.register(
+        "fake",
+        description="test family: fake:NAME",
+        poolings=("mean", "max"),
+        matches=is_fake,
+        priority=PREFIXED,
+    )
+    def load_fake(request: BackboneRequest) -> ImageBackbone:
+        pooling = request.pooling or "mean"
+        return ImageBackbone(
+            name=request.name,
+            revision="fake-1",
+            pooling=pooling,
+            module=_GlobalPool(pooling),
+            transform=_small_tensor,
+            device=request.device,
+            precision=request.precision,
+            normalized=False,
+        )
+
+    yield load_fake
+    IMAGE_BACKBONES.unregister("fake")
+
+
+def test_a_family_registered_with_the_decorator_is_resolved_and_listed(fake_image_kind) -> None:
+    backbone = load_image_backbone("fake:tiny", pooling="max")
+    assert (backbone.revision, backbone.pooling, backbone.dim) == ("fake-1", "max", 3)
+    image = random_images(1)[0]
+    expected = torch.from_numpy(np.asarray(image.resize((4, 4)), dtype=np.float32)).amax(dim=(0, 1))
+    torch.testing.assert_close(backbone.encode(backbone.transform(image)[None])[0], expected)
+    assert load_image_backbone("fake:tiny").pooling == "mean"
+    with pytest.raises(
+        ValueError, match=r"pooling 'cls' is not available for fake models; choose one of \('mean', 'max'\)"
+    ):
+        load_image_backbone("fake:tiny", pooling="cls")
+    with pytest.raises(
+        UnknownModelError, match=re.escape("  - fake: test family: fake:NAME; pooling mean|max")
+    ):
+        load_image_backbone("definitely-not-a-model")

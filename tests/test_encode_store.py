@@ -1,4 +1,5 @@
-"""The HDF5 feature store: round trip, crash safety, resume checks, refusal of incomplete stores, joins."""
+"""The HDF5 feature store: round trip, crash safety, output and resume checks, refusal of incomplete stores,
+copying between stores, joins."""
 
 import os
 import subprocess
@@ -15,6 +16,8 @@ from encode.store import (
     IncompleteStoreError,
     StoreError,
     StoreMeta,
+    check_output,
+    complete_store,
     index_of,
 )
 
@@ -158,3 +161,61 @@ def test_reader_rejects_non_stores(tmp_path):
         f["x"] = 1
     with pytest.raises(StoreError, match="not a feature store"):
         FeatureStore(tmp_path / "other.h5")
+
+
+def test_output_checks_and_complete_store_decide_without_writing(tmp_path):
+    path = tmp_path / "img.h5"
+    assert check_output(path) is None  # nothing there yet
+    with pytest.raises(StoreError, match="output folder"):
+        check_output(tmp_path / "missing" / "x.h5")
+    with pytest.raises(StoreError, match="is a folder"):
+        check_output(tmp_path)
+    writer = FeatureStoreWriter(path, IMAGE_META, ["a", "b"])
+    writer.write(np.ones((1, 4)), np.ones(1, bool))
+    writer.close()
+    before = path.read_bytes()
+
+    with pytest.raises(StoreError, match="already exists"):
+        check_output(path)
+    assert check_output(path, overwrite=True) is None
+    status = check_output(path, resume=True, settings={"modality": "image", "dtype": "float16"})
+    assert (status.meta, status.complete, status.rows, status.rows_done) == (IMAGE_META, False, 2, 1)
+    with pytest.raises(StoreError, match="modality: 'image' in the file != 'text' now"):
+        check_output(path, resume=True, settings={"modality": "text"})
+    assert complete_store(path, IMAGE_META, ["a", "b"]) is None  # unfinished: a resume continues it
+    with pytest.raises(StoreError, match="other rows"):
+        complete_store(path, IMAGE_META, ["a", "c"])
+    assert path.read_bytes() == before
+
+    resumed = FeatureStoreWriter(path, IMAGE_META, ["a", "b"], resume=True)
+    resumed.write(np.zeros((1, 4)), np.zeros(1, bool))
+    resumed.finish()
+    status = complete_store(path, IMAGE_META, ["a", "b"])
+    assert status.complete and (status.rows, status.failures, status.failed_keys) == (2, 1, ["b"])
+    assert status.complete_with(["a", "b"], {"model": "tiny", "pooling": "cls"})
+    assert not status.complete_with(["a", "b"], {"pooling": "mean"})
+    assert not status.complete_with(["b", "a"], {})
+    assert complete_store(tmp_path / "none.h5", IMAGE_META, ["a"]) is None
+
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(StoreError, match="cannot be resumed: it is not a readable feature store"):
+        check_output(tmp_path / "junk.h5", resume=True)
+
+
+def test_append_from_copies_another_store_from_the_resume_point(tmp_path):
+    part = FeatureStoreWriter(tmp_path / "part.h5", IMAGE_META, ["c", "d", "e"])
+    part_features = np.arange(12, dtype=np.float32).reshape(3, 4)
+    part.write(part_features, np.array([True, False, True]))
+    part.finish()
+    writer = FeatureStoreWriter(tmp_path / "all.h5", IMAGE_META, ["a", "b", "c", "d", "e"])
+    with FeatureStore(tmp_path / "part.h5") as source:
+        with pytest.raises(StoreError, match="rows 0-2 are not written"):
+            writer.append_from(source, 2)
+        writer.write(np.ones((3, 4)), np.ones(3, bool))  # the resume point (3) falls inside the source
+        writer.append_from(source, 2, block_rows=1)
+    writer.finish()
+    with FeatureStore(tmp_path / "all.h5") as store:
+        assert store.valid.tolist() == [True, True, True, False, True]
+        np.testing.assert_array_equal(store.read(2, 3), np.ones((1, 4)))
+        assert np.isnan(store.read(3, 4)).all()
+        np.testing.assert_array_equal(store.read(4, 5), part_features[2:])

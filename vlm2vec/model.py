@@ -16,6 +16,7 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from core.precision import DTYPES
 from core.protocol import EmbedInput
 from vlm2vec.adapters import VLMFamily, family_for, get_family
 from vlm2vec.inputs import InputPreparer
@@ -26,7 +27,6 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "vlm2vec_config.json"
 TRAIN_FORMAT = "vlm2vec-train-v1"  # config.json "format" of vlm2vec.train checkpoints
 ADAPTER_CONFIG = "adapter_config.json"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Frozen image and text backbones behind one registry: ``load_image_backbone`` / ``load_text_backbone``.
+"""Frozen image and text backbones behind two registries of backbone kinds (``IMAGE_BACKBONES``,
+``TEXT_BACKBONES``): ``load_image_backbone`` / ``load_text_backbone`` resolve a name to its kind and load it.
 
 >>> image = load_image_backbone("efficientnet-lite0")          # offline, 1280-d, GAP pooling
 >>> feats = image.encode(torch.stack([image.transform(pil) for pil in pils]))
@@ -6,17 +7,23 @@
 >>> meta = StoreMeta(**text.meta(), caption_column="raw_caption")
 """
 
-from encode.backbones.base import PRECISIONS, ImageBackbone, TextBackbone
+from core.precision import INFERENCE_PRECISIONS as PRECISIONS
+from encode.backbones.base import ImageBackbone, TextBackbone
 from encode.backbones.errors import RemoteCodeError, UnknownModelError
+from encode.backbones.kinds import IMAGE_BACKBONES, TEXT_BACKBONES, BackboneKind, BackboneRequest
 from encode.backbones.known import KNOWN_IMAGE_MODELS, KNOWN_TEXT_MODELS
 from encode.backbones.registry import IMAGE_FAMILIES, TEXT_FAMILIES, load_image_backbone, load_text_backbone
 
 __all__ = [
+    "IMAGE_BACKBONES",
     "IMAGE_FAMILIES",
     "KNOWN_IMAGE_MODELS",
     "KNOWN_TEXT_MODELS",
     "PRECISIONS",
+    "TEXT_BACKBONES",
     "TEXT_FAMILIES",
+    "BackboneKind",
+    "BackboneRequest",
     "ImageBackbone",
     "RemoteCodeError",
     "TextBackbone",

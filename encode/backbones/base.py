@@ -4,34 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from PIL import Image
 from torch import Tensor, nn
 
-Precision = Literal["auto", "bf16", "fp16", "fp32"]
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-
-
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype: bf16 on CUDA by default (fp16 on request), none (fp32) on CPU."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if device.type == "cpu":
-        if precision in ("auto", "fp32"):
-            return None
-        raise ValueError(f"precision {precision!r} is for GPUs; on CPU backbones run in fp32 (use 'auto')")
-    if precision == "fp32":
-        return None
-    if precision == "fp16":
-        return torch.float16
-    return torch.bfloat16
-
-
-def weights_dtype(device: torch.device, precision: str) -> torch.dtype:
-    """dtype for loading multi-billion-parameter weights: the autocast dtype on GPU, fp32 otherwise."""
-    return autocast_dtype(device, precision) or torch.float32
+from core.precision import autocast_dtype
 
 
 class RGBTransform:

@@ -3,7 +3,6 @@ text embedding (CLIP ``text_embeds``, SigLIP ``pooler_output``), recorded as poo
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from transformers import (
     AutoTokenizer,
@@ -13,7 +12,8 @@ from transformers import (
 )
 
 from encode.backbones.base import TextBackbone
-from encode.backbones.sources import Checkpoint, from_pretrained_sdpa
+from encode.backbones.kinds import CHECKPOINT, TEXT_BACKBONES, BackboneRequest
+from encode.backbones.sources import from_pretrained_sdpa
 
 POOLINGS = ("proj",)
 TEXT_TOWERS = {
@@ -53,17 +53,24 @@ class CLIPTextEmbedder(nn.Module):
         return out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output
 
 
-def load_clip_text(
-    checkpoint: Checkpoint,
-    *,
-    instruction: str | None,
-    max_length: int | None,
-    device: torch.device,
-    precision: str,
-) -> TextBackbone:
+def is_clip_text(request: BackboneRequest) -> bool:
+    return request.checkpoint is not None and request.checkpoint.model_type in TEXT_TOWERS
+
+
+@TEXT_BACKBONES.register(
+    "clip_text",
+    description="CLIP/SigLIP text tower (Hugging Face checkpoint)",
+    poolings=POOLINGS,
+    matches=is_clip_text,
+    priority=CHECKPOINT + 1,
+)
+def load_clip_text(request: BackboneRequest) -> TextBackbone:
+    checkpoint = request.require_checkpoint()
+    checkpoint.check_remote_code(request.trust_remote_code)
+    instruction, max_length = request.instruction, request.max_length
     tower = TEXT_TOWERS[checkpoint.model_type]
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.location)
-    model = from_pretrained_sdpa(tower, checkpoint.location).to(device)
+    model = from_pretrained_sdpa(tower, checkpoint.location).to(request.device)
     limit = model.config.max_position_embeddings
     if max_length is not None and max_length > limit:
         raise ValueError(f"{checkpoint.name} reads at most {limit} tokens; got max_length={max_length}")
@@ -76,7 +83,7 @@ def load_clip_text(
         module=CLIPTextEmbedder(model, tokenizer, instruction or "", max_length, padding),
         instruction=instruction,
         max_length=max_length,
-        device=device,
-        precision=precision,
+        device=request.device,
+        precision=request.precision,
         normalized=False,
     )

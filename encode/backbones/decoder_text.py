@@ -7,13 +7,14 @@ left-padded row sees the same positions as when it is run alone.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from transformers import AutoModel, AutoTokenizer
 
-from encode.backbones.base import TextBackbone, weights_dtype
+from core.precision import weights_dtype
+from encode.backbones.base import TextBackbone
+from encode.backbones.kinds import CHECKPOINT, TEXT_BACKBONES, BackboneRequest
 from encode.backbones.pooling import last_token_pool, masked_mean
-from encode.backbones.sources import Checkpoint, from_pretrained_sdpa
+from encode.backbones.sources import from_pretrained_sdpa
 
 POOLINGS = ("last_token", "mean")
 # The instruction format of gte-Qwen2, e5-mistral and Qwen3-Embedding (queries; documents take none).
@@ -52,18 +53,28 @@ class LastTokenEmbedder(nn.Module):
         return last_token_pool(hidden, mask)
 
 
-def load_decoder_embedder(
-    checkpoint: Checkpoint,
-    *,
-    pooling: str | None,
-    instruction: str | None,
-    max_length: int | None,
-    device: torch.device,
-    precision: str,
-    trust_remote_code: bool,
-) -> TextBackbone:
+def is_decoder(request: BackboneRequest) -> bool:
+    """A decoder config; a checkpoint with its own sentence-transformers pipeline (modules.json) is left to it."""
+    checkpoint = request.checkpoint
+    return (
+        checkpoint is not None
+        and checkpoint.model_type in DECODER_MODEL_TYPES
+        and not checkpoint.has_file("modules.json")
+    )
+
+
+@TEXT_BACKBONES.register(
+    "decoder",
+    description="decoder embedder (Qwen2/Llama/Mistral-style config, e.g. gte-Qwen2)",
+    poolings=POOLINGS,
+    matches=is_decoder,
+    priority=CHECKPOINT + 2,
+)
+def load_decoder_embedder(request: BackboneRequest) -> TextBackbone:
+    checkpoint = request.require_checkpoint()
+    trust_remote_code, device, instruction = request.trust_remote_code, request.device, request.instruction
     checkpoint.check_remote_code(trust_remote_code)
-    pooling = pooling or "last_token"
+    pooling = request.pooling_or_default or "last_token"
     if pooling not in POOLINGS:
         raise ValueError(f"decoder embedders pool by one of {POOLINGS}, got {pooling!r}")
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.location, trust_remote_code=trust_remote_code)
@@ -73,10 +84,10 @@ def load_decoder_embedder(
         AutoModel,
         checkpoint.location,
         trust_remote_code=trust_remote_code,
-        dtype=weights_dtype(device, precision),
+        dtype=weights_dtype(device, request.precision),
     ).to(device)
     positions = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
-    max_length = max_length or min(tokenizer.model_max_length, positions)
+    max_length = request.max_length or min(tokenizer.model_max_length, positions)
     prefix = QUERY_INSTRUCTION.format(instruction=instruction) if instruction else ""
     return TextBackbone(
         name=checkpoint.name,
@@ -86,6 +97,6 @@ def load_decoder_embedder(
         instruction=instruction,
         max_length=max_length,
         device=device,
-        precision=precision,
+        precision=request.precision,
         normalized=False,
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from core.registry import UnknownNameError
 
-class UnknownModelError(ValueError):
+
+class UnknownModelError(UnknownNameError):
     """The model name matches no backbone family, known model or local folder."""
 
 

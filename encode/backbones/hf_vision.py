@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from encode.backbones.base import ImageBackbone, RGBTransform
+from encode.backbones.kinds import CHECKPOINT, IMAGE_BACKBONES, BackboneRequest, has_checkpoint
 from encode.backbones.pooling import TOKEN_POOLINGS, global_average_pool, pool_tokens
 from encode.backbones.sources import Checkpoint, from_pretrained_sdpa
 
@@ -103,19 +103,24 @@ def _patch_size(model: nn.Module) -> int | None:
     return patch
 
 
-def load_hf_vision(
-    checkpoint: Checkpoint,
-    pooling: str | None,
-    device: torch.device,
-    precision: str,
-    trust_remote_code: bool,
-) -> ImageBackbone:
+@IMAGE_BACKBONES.register(
+    "hf_vision",
+    description="Hugging Face vision checkpoint: hub id or local folder (DINOv2 incl. registers, CLIP/SigLIP "
+    "vision towers, AIMv2, any AutoModel ViT or CNN)",
+    poolings=POOLINGS,
+    matches=has_checkpoint,  # timm-format checkpoints are claimed by the timm kind first
+    priority=CHECKPOINT,
+)
+def load_hf_vision(request: BackboneRequest) -> ImageBackbone:
+    checkpoint = request.require_checkpoint()
+    trust_remote_code = request.trust_remote_code
     checkpoint.check_remote_code(trust_remote_code)
     processor = AutoImageProcessor.from_pretrained(checkpoint.location, trust_remote_code=trust_remote_code)
-    model = _vision_model(checkpoint, trust_remote_code).to(device)
+    model = _vision_model(checkpoint, trust_remote_code).to(request.device)
     model_type = model.config.model_type
     final_norm = getattr(model, "post_layernorm", None) if model_type in UNNORMED_LAST_HIDDEN_STATE else None
     patch_size = _patch_size(model)
+    pooling = request.pooling_or_default
     if pooling is None:
         pooling = DEFAULT_POOLING.get(checkpoint.model_type) or DEFAULT_POOLING.get(model_type)
     if pooling is None:
@@ -126,7 +131,7 @@ def load_hf_vision(
         pooling=pooling,
         module=HFVisionPooler(model, pooling, patch_size, final_norm),
         transform=RGBTransform(HFImageTransform(processor)),
-        device=device,
-        precision=precision,
+        device=request.device,
+        precision=request.precision,
         normalized=False,
     )

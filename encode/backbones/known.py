@@ -1,6 +1,7 @@
 """Known models and their documented defaults (pooling, token limit, whether they need custom code).
 
-Anything else still loads through its family's generic path; this table only supplies defaults.
+A name in this table is loaded by the backbone kind its ``family`` names, with these defaults; anything else
+loads through the kind its name or checkpoint matches.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class KnownModel:
+    """``family``: the registered backbone kind that loads the model (see :mod:`encode.backbones.kinds`)."""
+
     family: str
     pooling: str
     max_length: int | None = None
@@ -25,7 +28,7 @@ KNOWN_IMAGE_MODELS: dict[str, KnownModel] = {
     **_each(
         [f"facebook/dinov2-{size}" for size in ("small", "base", "large", "giant")]
         + [f"facebook/dinov2-with-registers-{size}" for size in ("small", "base", "large", "giant")],
-        KnownModel("hf", "concat"),
+        KnownModel("hf_vision", "concat"),
     ),
     **_each(
         [
@@ -34,7 +37,7 @@ KNOWN_IMAGE_MODELS: dict[str, KnownModel] = {
             "openai/clip-vit-large-patch14",
             "openai/clip-vit-large-patch14-336",
         ],
-        KnownModel("hf", "cls"),
+        KnownModel("hf_vision", "cls"),
     ),
     # SigLIP has no CLS token: its own attention-pooling head ("pooler").
     **_each(
@@ -44,7 +47,7 @@ KNOWN_IMAGE_MODELS: dict[str, KnownModel] = {
             "google/siglip2-base-patch16-224",
             "google/siglip2-so400m-patch14-384",
         ],
-        KnownModel("hf", "pooler"),
+        KnownModel("hf_vision", "pooler"),
     ),
     **_each(
         [
@@ -53,7 +56,7 @@ KNOWN_IMAGE_MODELS: dict[str, KnownModel] = {
             "apple/aimv2-huge-patch14-224",
             "apple/aimv2-1B-patch14-224",
         ],
-        KnownModel("hf", "mean"),
+        KnownModel("hf_vision", "mean"),
     ),
     "efficientnet-lite0": KnownModel("offline", "gap"),
 }

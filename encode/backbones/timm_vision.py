@@ -1,4 +1,5 @@
-"""timm image models (``timm:NAME``, timm registry names, timm hub folders) with timm's own data config."""
+"""timm image models (``timm:NAME``, timm registry names, timm hub repos and folders) with timm's own data
+config."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from torch import Tensor, nn
 from transformers.utils.hub import extract_commit_hash
 
 from encode.backbones.base import ImageBackbone, RGBTransform
+from encode.backbones.kinds import IMAGE_BACKBONES, PREFIXED, BackboneRequest, unknown_model
 from encode.backbones.pooling import TOKEN_POOLINGS, global_average_pool, pool_tokens
+from encode.backbones.sources import Checkpoint, local_folder
 
+PREFIX = "timm:"
 POOLINGS = (*TOKEN_POOLINGS, "gap")
 
 
@@ -70,6 +74,53 @@ def timm_backbone(
         device=device,
         precision=precision,
         normalized=False,
+    )
+
+
+def is_timm_checkpoint(checkpoint: Checkpoint) -> bool:
+    """timm hub repos and folders carry a pretrained config (``architecture``) instead of a ``model_type``."""
+    return "architecture" in checkpoint.config and "model_type" not in checkpoint.config
+
+
+def is_timm(request: BackboneRequest) -> bool:
+    """``timm:`` names, timm-format checkpoints, and timm registry names that are not checkpoint names."""
+    if request.name.startswith(PREFIX):
+        return True
+    if request.checkpoint is not None:
+        return is_timm_checkpoint(request.checkpoint)
+    return timm.is_model(request.name)
+
+
+def _timm_location(request: BackboneRequest) -> str:
+    """What ``timm.create_model`` loads: a registry name, ``hf-hub:ID`` or ``local-dir:PATH``."""
+    if request.name.startswith(PREFIX):
+        model_name = request.name.removeprefix(PREFIX)
+        folder = local_folder(model_name)
+        if folder is not None:
+            return f"local-dir:{folder}"
+        if not timm.is_model(model_name):
+            raise unknown_model(request)
+        return model_name
+    checkpoint = request.checkpoint
+    if checkpoint is not None:
+        return f"local-dir:{checkpoint.location}" if checkpoint.is_local else f"hf-hub:{request.name}"
+    return request.name
+
+
+@IMAGE_BACKBONES.register(
+    "timm",
+    description="timm:NAME, a timm model name, or a timm hub repo or folder",
+    poolings=POOLINGS,
+    matches=is_timm,  # registry names only when no checkpoint has that name, so they come last
+    priority=PREFIXED + 1,
+)
+def load_timm_backbone(request: BackboneRequest) -> ImageBackbone:
+    return load_timm(
+        _timm_location(request),
+        name=request.name,
+        pooling=request.pooling,
+        device=request.device,
+        precision=request.precision,
     )
 
 
