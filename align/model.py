@@ -5,7 +5,9 @@
 >>> text_emb = model.encode_text(["a dog on a skateboard"])
 >>> model.encode_image_features(dinov2_features)             # precomputed backbone features
 
-Backbones are loaded lazily on first use, so feature-only use needs no backbone weights.
+``AlignedModel`` is an ``nn.Module`` whose only submodule is the head, so ``state_dict()`` holds the head's
+weights under ``head.``. Backbones are loaded lazily on first use (feature-only use needs no backbone weights),
+on the model's current device, and are not submodules: the checkpoint names them in ``config``.
 """
 
 from __future__ import annotations
@@ -14,18 +16,30 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 
 from align.heads import AlignmentHead, HeadConfig
 from core.checkpoint import load_config, load_weights, save_file_weights
 from core.fingerprint import folder_stamps
 
+if TYPE_CHECKING:
+    from encode.backbones import ImageBackbone, TextBackbone
 
-class AlignedModel:
-    """Image/text embedding model implementing the evaluator's ``encode_image`` / ``encode_text`` protocol."""
+_B = TypeVar("_B")
+
+
+def _loaded_on(entry: tuple[torch.device, _B] | None, device: torch.device) -> _B | None:
+    """The backbone of a ``(device, backbone)`` entry when it was loaded on ``device``, else None."""
+    return entry[1] if entry is not None and entry[0] == device else None
+
+
+class AlignedModel(nn.Module):
+    """Image/text embedding model: an :class:`~core.protocol.ImageTextModel` and a
+    :class:`~core.protocol.FeatureStageModel` (frozen backbones, then the head). Built in eval mode."""
 
     def __init__(
         self,
@@ -35,13 +49,20 @@ class AlignedModel:
         trust_remote_code: bool = False,
         batch_size: int = 64,
     ) -> None:
-        self.head = head.to(device).eval()
+        super().__init__()
+        self.head = head
         self.config = config
-        self.device = torch.device(device)
         self.trust_remote_code = trust_remote_code
         self.batch_size = batch_size
-        self._image_backbone = None
-        self._text_backbone = None
+        self._image_backbone: tuple[torch.device, ImageBackbone] | None = None
+        self._text_backbone: tuple[torch.device, TextBackbone] | None = None
+        self.to(device)
+        self.eval()
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the head's weights (follows ``.to()``); backbones are loaded onto it."""
+        return self.head.logit_bias.device
 
     # ----- loading / saving ------------------------------------------------------------------------------
     @classmethod
@@ -70,26 +91,31 @@ class AlignedModel:
 
     # ----- backbones -------------------------------------------------------------------------------------
     @property
-    def image_backbone(self):
-        if self._image_backbone is None:
+    def image_backbone(self) -> ImageBackbone:
+        """The frozen image backbone on :attr:`device`, loaded on first use (and again after a device change)."""
+        backbone = _loaded_on(self._image_backbone, self.device)
+        if backbone is None:
             from encode.backbones import load_image_backbone
 
             info = self.config["image_backbone"]
-            self._image_backbone = load_image_backbone(
+            backbone = load_image_backbone(
                 info["model"],
                 pooling=info.get("pooling"),
                 device=self.device,
                 trust_remote_code=self.trust_remote_code,
             )
-        return self._image_backbone
+            self._image_backbone = (self.device, backbone)
+        return backbone
 
     @property
-    def text_backbone(self):
-        if self._text_backbone is None:
+    def text_backbone(self) -> TextBackbone:
+        """The frozen text backbone on :attr:`device`, loaded on first use (and again after a device change)."""
+        backbone = _loaded_on(self._text_backbone, self.device)
+        if backbone is None:
             from encode.backbones import load_text_backbone
 
             info = self.config["text_backbone"]
-            self._text_backbone = load_text_backbone(
+            backbone = load_text_backbone(
                 info["model"],
                 pooling=info.get("pooling"),
                 instruction=info.get("instruction"),
@@ -97,17 +123,22 @@ class AlignedModel:
                 device=self.device,
                 trust_remote_code=self.trust_remote_code,
             )
-        return self._text_backbone
+            self._text_backbone = (self.device, backbone)
+        return backbone
 
     # ----- encoding --------------------------------------------------------------------------------------
+    @property
+    def _dtype(self) -> torch.dtype:
+        return self.head.logit_bias.dtype
+
     @torch.inference_mode()
     def encode_image_features(self, features: Tensor, normalize: bool = True) -> Tensor:
         """Head embeddings of precomputed image features [B, image_dim] (as stored by ``encode``)."""
-        return self.head.encode_image(features.to(self.device, torch.float32), normalize).float()
+        return self.head.encode_image(features.to(self.device, self._dtype), normalize).float()
 
     @torch.inference_mode()
     def encode_text_features(self, features: Tensor, normalize: bool = True) -> Tensor:
-        return self.head.encode_text(features.to(self.device, torch.float32), normalize).float()
+        return self.head.encode_text(features.to(self.device, self._dtype), normalize).float()
 
     def backbone_fingerprint(self, modality: str) -> str:
         """Id of the frozen backbone that makes this modality's features: its config entry (model, revision,

@@ -80,10 +80,70 @@ def retrieval_recall(
         positives: [Q, C] bool mask of positives; several per query allowed (COCO's 5 captions per image).
         ks: cut-offs.
 
-    Ties are counted against the positive (see the module docstring). For large Q x C compute
-    :func:`positive_ranks` chunk by chunk and call :func:`recall_at_k` on the concatenated ranks.
+    Ties are counted against the positive (see the module docstring). For image-text retrieval at scale use
+    :func:`image_text_retrieval`, which scores the queries chunk by chunk.
     """
     return recall_at_k(positive_ranks(scores, positives), ks)
+
+
+def _chunked_ranks(
+    queries: Tensor, candidates: Tensor, query_ids: Tensor, candidate_ids: Tensor, chunk: int
+) -> Tensor:
+    """:func:`positive_ranks` of ``queries @ candidates.T``, ``chunk`` queries at a time; a candidate is a
+    positive of a query when their ids are equal."""
+    return torch.cat(
+        [
+            positive_ranks(
+                queries[start : start + chunk] @ candidates.T,
+                query_ids[start : start + chunk, None] == candidate_ids[None, :],
+            )
+            for start in range(0, queries.shape[0], chunk)
+        ]
+    )
+
+
+def image_text_retrieval(
+    image: Tensor,
+    text: Tensor,
+    caption_image: Tensor,
+    ks: Sequence[int] = (1, 5, 10),
+    chunk: int = 4096,
+) -> dict[str, float]:
+    """Image->text and text->image Recall@k in percent, ``{"i2t_R@1": ..., "t2i_R@1": ..., ...}``.
+
+    Args:
+        image: [N, D] image embeddings (normalised, so the dot product is the cosine).
+        text: [M, D] caption embeddings.
+        caption_image: [M] index in ``image`` of each caption's image; every image needs at least one caption.
+        ks: cut-offs.
+        chunk: queries scored at a time (bounds memory to ``chunk x max(N, M)`` scores; no effect on values).
+
+    Image->text: a hit at k if any of the image's captions is among its top k captions; text->image: a hit if
+    the caption's image is among its top k images. Scores are the embeddings' products in their own dtype;
+    ranks follow :func:`positive_ranks` (ties counted against the positive).
+    """
+    if image.ndim != 2 or text.ndim != 2 or image.shape[1] != text.shape[1]:
+        raise ValueError(
+            f"image and text embeddings must be 2-D with the same dimension, got {tuple(image.shape)} "
+            f"and {tuple(text.shape)}"
+        )
+    if image.shape[0] == 0:
+        raise ValueError("no images to score")
+    owner = _as_tensor(caption_image, torch.int64)
+    if owner.shape != (text.shape[0],):
+        raise ValueError(f"caption_image must have shape ({text.shape[0]},), got {tuple(owner.shape)}")
+    if owner.numel() and (owner.min() < 0 or owner.max() >= image.shape[0]):
+        raise ValueError(f"caption_image must lie in [0, {image.shape[0]})")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    uncaptioned = torch.bincount(owner, minlength=image.shape[0]) == 0
+    if uncaptioned.any():
+        first = int(uncaptioned.nonzero()[0, 0])
+        raise ValueError(f"{int(uncaptioned.sum())} images have no caption (first: image {first})")
+    image_ids = torch.arange(image.shape[0])
+    i2t = _chunked_ranks(image, text, image_ids, owner, chunk)
+    t2i = _chunked_ranks(text, image, owner, image_ids, chunk)
+    return recall_at_k(i2t, ks, prefix="i2t_R@") | recall_at_k(t2i, ks, prefix="t2i_R@")
 
 
 def target_ranks(logits: ArrayLike, targets: ArrayLike) -> Tensor:

@@ -1,22 +1,24 @@
-"""The small protocol every evaluated model follows, and the score fusion that lets two-tower models embed
+"""The protocols every evaluated model follows, and the score fusion that lets two-tower models embed
 interleaved (image + text) inputs.
 
-A model is any object with::
+A two-tower model (:class:`ImageTextModel`) has::
 
     encode_image(images: list[PIL.Image.Image], normalize: bool = True) -> Tensor[B, D]
     encode_text(texts: list[str], normalize: bool = True) -> Tensor[B, D]
 
-and, for MMEB, optionally ``encode(inputs: list[EmbedInput]) -> Tensor[B, D]`` (L2-normalised). Two-tower models
-without ``encode`` get :func:`fused_encode`. Optional attributes used for caching and result files:
-``config`` (a JSON-able dict describing the model and its preprocessing) and ``state_dict()`` (weights hashed
-into the fingerprint), or a ready ``fingerprint`` string.
+and an interleaved model (:class:`InterleavedModel`) ``encode(inputs: list[EmbedInput]) -> Tensor[B, D]``
+(L2-normalised), which MMEB uses; two-tower models without ``encode`` get :func:`fused_encode`.
+:data:`EmbeddingModel` is either. A :class:`FeatureStageModel` additionally exposes its frozen-backbone stage
+so the evaluator caches backbone features. Optional attributes used for caching and result files: ``config``
+(a JSON-able dict describing the model and its preprocessing) and ``state_dict()`` (weights hashed into the
+fingerprint), or a ready ``fingerprint`` string.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeAlias, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +45,8 @@ class CapabilityError(TypeError):
 
 @runtime_checkable
 class ImageTextModel(Protocol):
+    """A two-tower model: image and text embeddings in one space."""
+
     def encode_image(self, images: list[Image.Image], normalize: bool = True) -> Tensor: ...
 
     def encode_text(self, texts: list[str], normalize: bool = True) -> Tensor: ...
@@ -50,7 +54,13 @@ class ImageTextModel(Protocol):
 
 @runtime_checkable
 class InterleavedModel(Protocol):
+    """A model embedding interleaved inputs (text, image or both, with an instruction) itself."""
+
     def encode(self, inputs: list[EmbedInput]) -> Tensor: ...
+
+
+EmbeddingModel: TypeAlias = ImageTextModel | InterleavedModel
+"""Any model the evaluator scores (what ``evaluate.models.load_model`` returns)."""
 
 
 @runtime_checkable
@@ -117,7 +127,7 @@ def fused_encode(model: ImageTextModel, inputs: Sequence[EmbedInput]) -> Tensor:
     return F.normalize(torch.stack(parts), dim=-1)
 
 
-def encode_inputs(model: object, inputs: Sequence[EmbedInput]) -> Tensor:
+def encode_inputs(model: EmbeddingModel, inputs: Sequence[EmbedInput]) -> Tensor:
     """``model.encode`` when the model has one, otherwise :func:`fused_encode`; always L2-normalised."""
     if isinstance(model, InterleavedModel):
         return F.normalize(model.encode(list(inputs)).float(), dim=-1)

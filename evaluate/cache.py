@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from core.fingerprint import file_stamp
+from core.protocol import EmbeddingModel
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def _json_default(value: object) -> str:
     return repr(value)
 
 
-def model_config(model: object) -> dict:
+def model_config(model: EmbeddingModel) -> dict:
     """The JSON-able description of a model saved in result files (``model.config`` when present)."""
     config = getattr(model, "config", None)
     if isinstance(config, dict):
@@ -60,18 +61,14 @@ def hash_state_dict(state_dict: dict[str, Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _weights(model: object) -> dict[str, Tensor] | None:
-    """The weights hashed into the fingerprint: ``model.state_dict()``, else the ``head`` module's weights
-    (align's ``AlignedModel``: its frozen backbones are named with their revision in ``model.config``)."""
-    if callable(getattr(model, "state_dict", None)):
-        return model.state_dict()
-    head = getattr(model, "head", None)
-    if isinstance(head, torch.nn.Module):
-        return {f"head.{name}": value for name, value in head.state_dict().items()}
-    return None
+def _weights(model: EmbeddingModel) -> dict[str, Tensor] | None:
+    """The weights hashed into the fingerprint: ``model.state_dict()`` (for align's ``AlignedModel`` the head's
+    weights; its frozen backbones are named with their revision in ``model.config``), or None without one."""
+    state_dict = getattr(model, "state_dict", None)
+    return state_dict() if callable(state_dict) else None
 
 
-def model_fingerprint(model: object) -> str:
+def model_fingerprint(model: EmbeddingModel) -> str:
     """A stable id of the model's config and weights (``model.fingerprint`` when it provides one)."""
     own = getattr(model, "fingerprint", None)
     if isinstance(own, str) and own:
@@ -79,8 +76,8 @@ def model_fingerprint(model: object) -> str:
     state_dict = _weights(model)
     if state_dict is None:
         raise ValueError(
-            f"cannot fingerprint {type(model).__name__}: give it a `fingerprint` string, a `state_dict()` "
-            "method or a `head` module"
+            f"cannot fingerprint {type(model).__name__}: give it a `fingerprint` string or a `state_dict()` "
+            "method"
         )
     payload = json.dumps(model_config(model), sort_keys=True) + "|" + hash_state_dict(state_dict)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]

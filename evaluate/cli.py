@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from core.metrics import KNN_KS, KNN_TEMPERATURE
-from core.protocol import CapabilityError, check_capabilities
+from core.protocol import CapabilityError, EmbeddingModel, InterleavedModel, check_capabilities
 from evaluate import datasets as D
 from evaluate import tasks
 from evaluate.cache import FeatureCache, default_cache_dir, model_config, model_fingerprint
 from evaluate.datasets import (
+    ImageFolderData,
     LayoutError,
     load_imagefolder,
     load_knn_splits,
@@ -29,6 +30,9 @@ from evaluate.results import EvalResult, metrics_table, report_table
 logger = logging.getLogger("evaluate")
 
 TASKS = ("zeroshot", "retrieval", "winoground", "mmvp", "mmeb", "knn")
+
+Runner = Callable[[EmbeddingModel, tasks.EncodeSettings], tasks.TaskResult]
+"""Scores a loaded model on the data :func:`prepare` read."""
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -179,7 +183,9 @@ def _read_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _zeroshot_inputs(args: argparse.Namespace):
+def _zeroshot_inputs(
+    args: argparse.Namespace,
+) -> tuple[ImageFolderData, list[str], list[tasks.Template], str]:
     from open_clip import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
     data = load_imagefolder(args.data, args.classes, split=args.split)
@@ -221,8 +227,9 @@ def _mmeb_subsets(args: argparse.Namespace) -> list[str]:
     return present
 
 
-def prepare(args: argparse.Namespace):
-    """Read and validate the data (raises before any model is loaded). Returns (runner, dataset info, needs)."""
+def prepare(args: argparse.Namespace) -> tuple[Runner, dict, tuple[str, ...]]:
+    """Read and validate the data (raises before any model is loaded). Returns (runner, dataset info, the
+    methods the task needs)."""
     needs = ("encode_image", "encode_text")
     if args.task == "zeroshot":
         data, classnames, templates, name = _zeroshot_inputs(args)
@@ -277,7 +284,7 @@ def run(args: argparse.Namespace) -> EvalResult:
     runner, dataset, needs = prepare(args)
     model = load_model(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
     check_capabilities(model, needs, args.task)
-    if args.task == "mmeb" and not callable(getattr(model, "encode", None)):
+    if args.task == "mmeb" and not isinstance(model, InterleavedModel):
         check_capabilities(model, ("encode_image", "encode_text"), "mmeb (score fusion of a two-tower model)")
     fingerprint = model_fingerprint(model)
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())

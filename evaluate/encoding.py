@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from core.fingerprint import file_stamp
-from core.protocol import EmbedInput, encode_inputs
+from core.protocol import EmbeddingModel, EmbedInput, FeatureStageModel, ImageTextModel, encode_inputs
 from evaluate.cache import FeatureCache
 
 ImageSource = Path | Image.Image
@@ -53,19 +53,22 @@ def _cache_items(sources: Sequence[ImageSource]) -> list:
     return items
 
 
-def _backbone_stage(model: object, modality: str) -> tuple[str, Callable, Callable] | None:
-    """``(fingerprint, backbone fn, head fn)`` when the model exposes a frozen-backbone stage (see
-    :class:`core.protocol.FeatureStageModel`), else None."""
-    backbone = getattr(model, f"encode_{modality}_backbone", None)
-    head = getattr(model, f"encode_{modality}_features", None)
-    fingerprint = getattr(model, "backbone_fingerprint", None)
-    if not (callable(backbone) and callable(head) and callable(fingerprint)):
+def _whole_model_encoder(model: ImageTextModel, modality: str) -> Callable[..., Tensor]:
+    return model.encode_image if modality == "image" else model.encode_text
+
+
+def _backbone_stage(model: ImageTextModel, modality: str) -> tuple[str, Callable, Callable] | None:
+    """``(fingerprint, backbone fn, head fn)`` when the model is a :class:`core.protocol.FeatureStageModel`
+    (a head over a frozen backbone), else None."""
+    if not isinstance(model, FeatureStageModel):
         return None
-    return fingerprint(modality), backbone, head
+    if modality == "image":
+        return model.backbone_fingerprint(modality), model.encode_image_backbone, model.encode_image_features
+    return model.backbone_fingerprint(modality), model.encode_text_backbone, model.encode_text_features
 
 
 def _encode_cached(
-    model: object,
+    model: ImageTextModel,
     modality: str,
     items: Sequence,
     batches: Callable[[], Iterable],
@@ -76,7 +79,7 @@ def _encode_cached(
     the head applied on every call) or, without one, the whole model (embeddings cached under its own)."""
     stage = _backbone_stage(model, modality)
     if stage is None:
-        encode = getattr(model, f"encode_{modality}")
+        encode = _whole_model_encoder(model, modality)
 
         def compute() -> Tensor:
             return torch.cat([encode(batch, normalize=True).float().cpu() for batch in batches()])
@@ -99,7 +102,7 @@ def _encode_cached(
 
 
 def encode_images(
-    model: object,
+    model: ImageTextModel,
     sources: Sequence[ImageSource],
     cache: FeatureCache,
     batch_size: int = 64,
@@ -118,7 +121,11 @@ def encode_images(
 
 
 def encode_texts(
-    model: object, texts: Sequence[str], cache: FeatureCache, batch_size: int = 256, desc: str = "texts"
+    model: ImageTextModel,
+    texts: Sequence[str],
+    cache: FeatureCache,
+    batch_size: int = 256,
+    desc: str = "texts",
 ) -> Tensor:
     """[N, D] L2-normalised text embeddings (float32, CPU), from the cache when present."""
 
@@ -130,7 +137,7 @@ def encode_texts(
 
 
 def encode_interleaved(
-    model: object,
+    model: EmbeddingModel,
     items: Sequence[tuple[str | None, Path | None, str | None]],
     cache: FeatureCache,
     batch_size: int = 64,

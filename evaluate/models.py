@@ -1,4 +1,4 @@
-"""Resolve a ``--model`` spec to an object following the evaluate protocol (see ``core/protocol.py``).
+"""Resolve a ``--model`` spec to a model following the evaluate protocols (see ``core/protocol.py``).
 
 Specs:
 
@@ -9,7 +9,8 @@ Specs:
   (``head.safetensors`` + ``config.json``, or a training output directory holding ``checkpoints/step_N``).
   a ``vlm2vec/`` checkpoint (``vlm2vec_config.json``). Further kinds are added with
   :func:`register_checkpoint_loader` (a :class:`CheckpointLoader`: a ``detect`` test on the directory, e.g. on
-  its ``config.json`` via :func:`read_config_json`, and the ``module:Class`` to import lazily).
+  its ``config.json`` via :func:`read_config_json`, and the ``module:Class`` to import lazily). The built-in
+  loaders import only the packages' public APIs (``align``, ``vlm2vec``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch import Tensor
+
+from core.checkpoint import latest_checkpoint
+from core.protocol import EmbeddingModel
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +45,8 @@ SPEC_HELP = (
 
 
 class OpenCLIPModel:
-    """open_clip model behind the evaluate protocol: its own eval transform and tokenizer, unit embeddings."""
+    """open_clip model as an :class:`~core.protocol.ImageTextModel`: its own eval transform and tokenizer, unit
+    embeddings."""
 
     def __init__(self, arch: str, pretrained: str | None = None, device: str | torch.device = "cpu") -> None:
         import open_clip
@@ -79,13 +84,15 @@ class CheckpointLoader:
     """How to recognise and load one kind of checkpoint directory.
 
     ``load`` is ``"module:Class"``, imported only when a directory matches; the class is built with
-    ``Class.from_pretrained(directory, device=device)``.
+    ``Class.from_pretrained(resolve(directory), device=device)`` (``resolve`` maps a matching directory to the
+    one to load, e.g. a training run to its newest checkpoint; None loads the directory itself).
     """
 
     name: str
     detect: Callable[[Path], bool]
     load: str
     description: str
+    resolve: Callable[[Path], Path] | None = None
 
 
 def read_config_json(directory: Path) -> dict:
@@ -108,24 +115,35 @@ def _is_align_checkpoint(directory: Path) -> bool:
 
 
 def _is_vlm2vec_checkpoint(directory: Path) -> bool:
-    from vlm2vec.evaluate_hook import is_vlm2vec_checkpoint
+    from vlm2vec import is_vlm2vec_checkpoint
 
     return is_vlm2vec_checkpoint(directory)
+
+
+def _resolve_align_dir(directory: Path) -> Path:
+    if (directory / "head.safetensors").is_file():
+        return directory
+    latest = latest_checkpoint(directory)
+    if latest is None:
+        raise ModelSpecError(f"{directory} has a checkpoints/ folder but no complete step_N checkpoint in it")
+    logger.info("using the latest checkpoint %s", latest)
+    return Path(latest)
 
 
 CHECKPOINT_LOADERS: list[CheckpointLoader] = [
     CheckpointLoader(
         name="vlm2vec",
         detect=_is_vlm2vec_checkpoint,
-        load="vlm2vec.model:VLM2VecModel",
+        load="vlm2vec:VLM2VecModel",
         description="vlm2vec/ export (vlm2vec_config.json), training run or checkpoints/step_N dir, or a base "
         "VLM folder of a supported family (zero-shot)",
     ),
     CheckpointLoader(
         name="align",
         detect=_is_align_checkpoint,
-        load="align.model:AlignedModel",
+        load="align:AlignedModel",
         description="align/ checkpoint (head.safetensors + config.json, or a run dir with checkpoints/step_N)",
+        resolve=_resolve_align_dir,
     ),
 ]
 
@@ -138,18 +156,6 @@ def register_checkpoint_loader(loader: CheckpointLoader) -> None:
 def _import(target: str) -> type:
     module_name, _, attr = target.partition(":")
     return getattr(importlib.import_module(module_name), attr)
-
-
-def _resolve_align_dir(directory: Path) -> Path:
-    if (directory / "head.safetensors").is_file():
-        return directory
-    from core.checkpoint import latest_checkpoint
-
-    latest = latest_checkpoint(directory)
-    if latest is None:
-        raise ModelSpecError(f"{directory} has a checkpoints/ folder but no complete step_N checkpoint in it")
-    logger.info("using the latest checkpoint %s", latest)
-    return Path(latest)
 
 
 def parse_open_clip_spec(spec: str) -> tuple[str, str | None]:
@@ -167,10 +173,13 @@ def _kinds() -> str:
     return "; ".join(f"{loader.name}: {loader.description}" for loader in CHECKPOINT_LOADERS)
 
 
-def load_model(spec: str, device: str | torch.device = "cpu", trust_remote_code: bool = False) -> object:
+def load_model(
+    spec: str, device: str | torch.device = "cpu", trust_remote_code: bool = False
+) -> EmbeddingModel:
     """Build the model a ``--model`` spec names (see the module docstring); clear error if none matches.
 
-    ``trust_remote_code`` is passed on (only when True) to checkpoint loaders that build hub models.
+    ``trust_remote_code`` is passed on (only when True) to checkpoint loaders that build hub models. A loaded
+    model that follows neither :class:`ImageTextModel` nor :class:`InterleavedModel` is an error.
     """
     if spec.startswith(OPEN_CLIP_PREFIX):
         import open_clip
@@ -189,10 +198,16 @@ def load_model(spec: str, device: str | torch.device = "cpu", trust_remote_code:
         )
     for loader in CHECKPOINT_LOADERS:
         if loader.detect(directory):
-            if loader.name == "align":
-                directory = _resolve_align_dir(directory)
+            if loader.resolve is not None:
+                directory = loader.resolve(directory)
             extra = {"trust_remote_code": True} if trust_remote_code else {}
-            return _import(loader.load).from_pretrained(directory, device=device, **extra)
+            model = _import(loader.load).from_pretrained(directory, device=device, **extra)
+            if not isinstance(model, EmbeddingModel):
+                raise ModelSpecError(
+                    f"the {loader.name!r} loader ({loader.load}) built a {type(model).__name__}, which has "
+                    "neither encode_image/encode_text nor encode (see core/protocol.py)"
+                )
+            return model
     raise ModelSpecError(
         f"{directory} is not a checkpoint directory of a known kind; " + SPEC_HELP.format(kinds=_kinds())
     )

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from core import metrics as M
+from core.protocol import EmbeddingModel, ImageTextModel
 from evaluate.cache import FeatureCache
 from evaluate.datasets import (
     MMVP_PROMPT,
@@ -24,6 +25,7 @@ from evaluate.encoding import encode_images, encode_interleaved, encode_texts
 from evaluate.references import META_TASKS, MMEB_BY_NAME
 
 Template = str | Callable[[str], str]
+RETRIEVAL_CHUNK = 1024  # retrieval queries scored at a time
 
 
 @dataclass
@@ -45,7 +47,7 @@ def _apply(template: Template, classname: str) -> str:
 
 
 def zeroshot_classifier(
-    model: object, classnames: Sequence[str], templates: Sequence[Template], enc: EncodeSettings
+    model: ImageTextModel, classnames: Sequence[str], templates: Sequence[Template], enc: EncodeSettings
 ) -> Tensor:
     """[C, D] class weights: mean of the normalised template embeddings of each class, renormalised
     (CLIP's prompt ensembling, as open_clip's ``build_zero_shot_classifier``)."""
@@ -56,7 +58,7 @@ def zeroshot_classifier(
 
 
 def zeroshot(
-    model: object,
+    model: ImageTextModel,
     data: ImageFolderData,
     classnames: Sequence[str],
     templates: Sequence[Template],
@@ -76,33 +78,21 @@ def zeroshot(
     return TaskResult(metrics, counts, {})
 
 
-def _chunked_ranks(queries: Tensor, candidates: Tensor, positives: Callable[[int, int], Tensor]) -> Tensor:
-    ranks = []
-    for start in range(0, queries.shape[0], 1024):
-        stop = min(start + 1024, queries.shape[0])
-        ranks.append(M.positive_ranks(queries[start:stop] @ candidates.T, positives(start, stop)))
-    return torch.cat(ranks)
-
-
 def retrieval(
-    model: object, data: RetrievalData, enc: EncodeSettings, ks: Sequence[int] = (1, 5, 10)
+    model: ImageTextModel, data: RetrievalData, enc: EncodeSettings, ks: Sequence[int] = (1, 5, 10)
 ) -> TaskResult:
     """Image->text (hit if any of the image's captions is in the top k) and text->image recall@k."""
     images = encode_images(model, data.images, enc.cache, enc.batch_size, enc.workers)
     texts = encode_texts(model, data.captions, enc.cache, enc.batch_size, desc="captions")
     owner = torch.tensor(data.caption_image)
-    image_ids = torch.arange(len(data.images))
-    i2t = _chunked_ranks(images, texts, lambda a, b: image_ids[a:b, None] == owner[None, :])
-    t2i = _chunked_ranks(texts, images, lambda a, b: owner[a:b, None] == image_ids[None, :])
-    metrics = {f"i2t_{k}": v for k, v in M.recall_at_k(i2t, ks).items()}
-    metrics |= {f"t2i_{k}": v for k, v in M.recall_at_k(t2i, ks).items()}
+    metrics = M.image_text_retrieval(images, texts, owner, ks, chunk=RETRIEVAL_CHUNK)
     metrics["mean_recall"] = sum(metrics.values()) / len(metrics)
     per_image = torch.bincount(owner, minlength=len(data.images)).tolist()
     counts = {"images": len(data.images), "captions": len(data.captions)}
     return TaskResult(metrics, counts, {"captions_per_image": per_image})
 
 
-def winoground(model: object, data: WinogroundData, enc: EncodeSettings) -> TaskResult:
+def winoground(model: ImageTextModel, data: WinogroundData, enc: EncodeSettings) -> TaskResult:
     images = encode_images(
         model, list(data.images_0) + list(data.images_1), enc.cache, enc.batch_size, enc.workers
     )
@@ -117,7 +107,7 @@ def winoground(model: object, data: WinogroundData, enc: EncodeSettings) -> Task
     return TaskResult(metrics, {"examples": n}, {})
 
 
-def mmvp(model: object, data: MMVPData, enc: EncodeSettings) -> TaskResult:
+def mmvp(model: ImageTextModel, data: MMVPData, enc: EncodeSettings) -> TaskResult:
     n = len(data.categories)
     images = encode_images(
         model, list(data.images_0) + list(data.images_1), enc.cache, enc.batch_size, enc.workers
@@ -134,7 +124,7 @@ def mmvp(model: object, data: MMVPData, enc: EncodeSettings) -> TaskResult:
     return TaskResult(metrics, {"pairs": n, "categories": len(set(data.categories))}, {})
 
 
-def mmeb(model: object, subsets: Sequence[MMEBSubset], enc: EncodeSettings) -> TaskResult:
+def mmeb(model: EmbeddingModel, subsets: Sequence[MMEBSubset], enc: EncodeSettings) -> TaskResult:
     """Precision@1 per subset (positive = candidate 0, ties are misses), averaged per meta-task, IND, OOD and
     overall (unweighted means over the datasets present)."""
     per_dataset: dict[str, float] = {}
@@ -183,7 +173,7 @@ def aggregate_mmeb(per_dataset: dict[str, float]) -> dict[str, float]:
 
 
 def knn(
-    model: object,
+    model: ImageTextModel,
     train: ImageFolderData,
     val: ImageFolderData,
     enc: EncodeSettings,

@@ -30,8 +30,7 @@ def _untrained(args: argparse.Namespace) -> None:
     """An untrained head: the trained run's exact architecture and seed, at initialisation."""
     import torch
 
-    from align.heads import AlignmentHead, HeadConfig
-    from align.model import AlignedModel
+    from align import AlignedModel, AlignmentHead, HeadConfig
     from core.checkpoint import load_config
 
     config = load_config(args.like)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from math import comb
 from pathlib import Path
 
-from evaluate.results import EvalResult
+from evaluate import EvalResult
 
 # (row label, result file stem, metric) for each line of the table.
 ROWS = (

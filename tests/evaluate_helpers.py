@@ -97,6 +97,14 @@ class FakeModel:
         return torch.nn.functional.normalize(out, dim=-1).float() if normalize else out.float()
 
 
+class NotAModel:
+    """Loads from a directory but has none of the protocol's methods (``load_model`` must reject it)."""
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> NotAModel:
+        return cls()
+
+
 def use_fake_checkpoints(monkeypatch) -> None:
     """Make ``load_model(DIR)`` load :class:`FakeModel` from directories with ``fake_model.json``."""
     from evaluate import models

@@ -13,10 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
+from align import AlignedModel, AlignmentHead
 from align.config import TrainConfig
 from align.data import load_eval_data
-from align.heads import AlignmentHead
-from align.model import AlignedModel
 from align.train import head_config, retrieval_metrics, train
 from core.checkpoint import latest_checkpoint
 from encode.backbones import load_image_backbone, load_text_backbone

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 import pytest
@@ -10,7 +12,7 @@ from evaluate_helpers import PALETTE, FakeModel, write_coco_captions
 from safetensors.torch import load_file
 
 from evaluate import tasks
-from evaluate.cache import FeatureCache, hash_state_dict, model_fingerprint
+from evaluate.cache import FeatureCache, hash_state_dict, model_config, model_fingerprint
 from evaluate.datasets import load_retrieval
 
 IMAGES = PALETTE[:3]
@@ -92,8 +94,7 @@ def test_fingerprint_of_a_module_covers_every_weight():
 def _align_checkpoint(directory, seed: int, image_revision: str = "r1"):
     import dataclasses
 
-    from align.heads import AlignmentHead, HeadConfig
-    from align.model import AlignedModel
+    from align import AlignedModel, AlignmentHead, HeadConfig
 
     torch.manual_seed(seed)
     head_config = HeadConfig(head="linear", image_dim=8, text_dim=6, target_dim=4)
@@ -111,7 +112,7 @@ def _align_checkpoint(directory, seed: int, image_revision: str = "r1"):
 
 
 def test_align_runs_resolve_to_the_latest_step_and_head_or_backbone_changes_change_the_fingerprint(tmp_path):
-    from align.model import AlignedModel
+    from align import AlignedModel
     from evaluate.models import load_model
 
     old = _align_checkpoint(tmp_path / "run" / "checkpoints" / "step_5", seed=0)
@@ -122,6 +123,72 @@ def test_align_runs_resolve_to_the_latest_step_and_head_or_backbone_changes_chan
     assert model_fingerprint(model) != model_fingerprint(load_model(str(old)))  # another head
     other_backbone = _align_checkpoint(tmp_path / "other", seed=1, image_revision="r2")
     assert model_fingerprint(load_model(str(other_backbone))) != model_fingerprint(model)
+
+
+def test_aligned_model_is_a_module_of_its_head_only_and_follows_the_protocols(tmp_path):
+    from align import AlignedModel
+    from core.protocol import FeatureStageModel, ImageTextModel, InterleavedModel
+
+    model = AlignedModel.from_pretrained(_align_checkpoint(tmp_path / "step_1", seed=0))
+    assert isinstance(model, torch.nn.Module) and not model.training and not model.head.training
+    assert isinstance(model, ImageTextModel) and isinstance(model, FeatureStageModel)
+    assert not isinstance(model, InterleavedModel)
+    assert [name for name, _ in model.named_children()] == ["head"]
+    state = model.state_dict()
+    head_state = {f"head.{name}": value for name, value in model.head.state_dict().items()}
+    assert list(state) == list(head_state) and all(torch.equal(state[k], head_state[k]) for k in head_state)
+    # the fingerprint hashes the config and exactly the head's weights under "head."
+    payload = json.dumps(model_config(model), sort_keys=True) + "|" + hash_state_dict(head_state)
+    assert model_fingerprint(model) == hashlib.sha256(payload.encode()).hexdigest()[:32]
+    assert model.to("meta").device == torch.device("meta") and model.head.logit_bias.is_meta
+    assert not model.training
+
+
+def test_aligned_model_follows_its_head_dtype_and_device(tmp_path):
+    from align import AlignedModel
+
+    model = AlignedModel.from_pretrained(_align_checkpoint(tmp_path / "step_1", seed=0))
+    features = torch.randn(3, 8)
+    expected = model.encode_image_features(features)
+    model.double()
+    assert model.device == torch.device("cpu") and model.head.logit_bias.dtype == torch.float64
+    got = model.encode_image_features(features)
+    assert got.dtype == torch.float32 and got.shape == (3, 4)
+    torch.testing.assert_close(got, expected)
+    assert model.encode_text_features(torch.randn(2, 6), normalize=False).shape == (2, 4)
+
+
+def test_aligned_model_loads_its_backbone_once_per_device(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from align import AlignedModel
+
+    loads = []
+    registry = types.ModuleType("encode.backbones")
+    registry.load_image_backbone = lambda name, **kwargs: loads.append(kwargs["device"]) or name
+    monkeypatch.setitem(sys.modules, "encode.backbones", registry)
+    model = AlignedModel.from_pretrained(_align_checkpoint(tmp_path / "step_1", seed=0))
+    assert model.image_backbone == "efficientnet-lite0" and model.image_backbone == "efficientnet-lite0"
+    assert loads == [torch.device("cpu")]
+    model.to("meta")  # a device change reloads the backbone onto the new device
+    assert model.image_backbone == "efficientnet-lite0"
+    assert loads == [torch.device("cpu"), torch.device("meta")]
+
+
+def test_load_model_rejects_a_loader_whose_class_follows_no_protocol(tmp_path, monkeypatch):
+    from evaluate import models
+
+    loader = models.CheckpointLoader(
+        name="broken",
+        detect=lambda d: (d / "broken").is_file(),
+        load="evaluate_helpers:NotAModel",
+        description="test loader",
+    )
+    monkeypatch.setattr(models, "CHECKPOINT_LOADERS", [loader, *models.CHECKPOINT_LOADERS])
+    (tmp_path / "broken").write_text("")
+    with pytest.raises(models.ModelSpecError, match="NotAModel, which has neither"):
+        models.load_model(str(tmp_path))
 
 
 class StagedModel(FakeModel):

@@ -33,6 +33,66 @@ def test_retrieval_recall_other_positives_do_not_push_a_positive_down_and_numpy_
     assert M.retrieval_recall(scores, positives, ks=(1, 2)) == {"R@1": 0.0, "R@2": 100.0}
 
 
+def _dense_recall(scores: list[list[float]], positives: list[set[int]], k: int) -> float:
+    """Recall@k by hand: a query hits if some positive has fewer than k negatives scoring >= it."""
+    hits = 0
+    for row, pos in zip(scores, positives, strict=True):
+        best = max(row[c] for c in pos)
+        hits += sum(1 for c, s in enumerate(row) if c not in pos and s >= best) < k
+    return 100.0 * hits / len(scores)
+
+
+def test_image_text_retrieval_equals_a_dense_hand_computation_with_several_captions_per_image():
+    # integer-valued embeddings, so many scores tie exactly (ties count against the positive)
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randint(-2, 3, (5, 4), generator=generator).float()
+    text = torch.randint(-2, 3, (12, 4), generator=generator).float()
+    caption_image = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3, 3, 3, 4, 2])  # 1 to 4 captions per image
+    ks = (1, 2, 5, 10)
+    scores = (image @ text.T).tolist()
+    i2t = [set((caption_image == i).nonzero().flatten().tolist()) for i in range(5)]
+    t2i = [{int(owner)} for owner in caption_image]
+    expected = {f"i2t_R@{k}": _dense_recall(scores, i2t, k) for k in ks}
+    expected |= {f"t2i_R@{k}": _dense_recall((text @ image.T).tolist(), t2i, k) for k in ks}
+    assert len({v for v in expected.values()}) > 2  # the example separates the cut-offs
+    for chunk in (1, 3, 4096):
+        got = M.image_text_retrieval(image, text, caption_image, ks=ks, chunk=chunk)
+        assert list(got) == list(expected) and got == pytest.approx(expected)
+    assert list(M.image_text_retrieval(image, text, caption_image)) == [
+        "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10",
+    ]  # fmt: skip
+
+
+def test_image_text_retrieval_small_case_by_hand():
+    image = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    text = torch.tensor(
+        [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]
+    )  # captions 0, 1 of image 0; caption 2 of image 1
+    got = M.image_text_retrieval(image, text, torch.tensor([0, 0, 1]), ks=(1, 2, 3), chunk=1)
+    # i2t: image 0 best positive 1 ties caption 2 -> rank 1; image 1 positive 0 below caption 1, ties 0 -> rank 2
+    # t2i: caption 0 -> rank 0; caption 1 prefers image 1 -> rank 1; caption 2 prefers image 0 -> rank 1
+    assert got == pytest.approx(
+        {
+            "i2t_R@1": 0.0,
+            "i2t_R@2": 50.0,
+            "i2t_R@3": 100.0,
+            "t2i_R@1": 100 / 3,
+            "t2i_R@2": 100.0,
+            "t2i_R@3": 100.0,
+        }
+    )
+
+
+def test_image_text_retrieval_rejects_uncaptioned_images_and_bad_owners():
+    image, text = torch.eye(3), torch.eye(3)[:2]
+    with pytest.raises(ValueError, match="1 images have no caption"):
+        M.image_text_retrieval(image, text, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):
+        M.image_text_retrieval(image, text, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="same dimension"):
+        M.image_text_retrieval(image, torch.ones(2, 4), torch.tensor([0, 1]))
+
+
 def test_constant_scores_never_score_a_hit():
     scores = torch.zeros(4, 4)
     assert M.retrieval_recall(scores, torch.eye(4, dtype=torch.bool), ks=(1, 3)) == {"R@1": 0.0, "R@3": 0.0}

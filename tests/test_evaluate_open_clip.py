@@ -10,6 +10,7 @@ import pytest
 import torch
 from evaluate_helpers import PALETTE, solid_image, write_imagefolder
 
+from core.protocol import FeatureStageModel, ImageTextModel, InterleavedModel
 from evaluate import tasks
 from evaluate.cache import FeatureCache, model_fingerprint
 from evaluate.cli import main
@@ -50,6 +51,8 @@ def test_zero_shot_weights_equal_open_clip_build_zero_shot_classifier(tiny_arch)
 
 def test_encode_image_matches_open_clip_on_its_own_transform(tiny_arch):
     model = load_model(f"open_clip:{tiny_arch}")
+    assert isinstance(model, OpenCLIPModel) and isinstance(model, ImageTextModel)
+    assert not isinstance(model, InterleavedModel) and not isinstance(model, FeatureStageModel)
     images = [solid_image(PALETTE[0]), solid_image(PALETTE[3])]
     pixels = torch.stack([model.preprocess(im) for im in images])
     with torch.no_grad():

@@ -1,8 +1,8 @@
-"""How `evaluate` recognises VLM2Vec directories: an export (`vlm2vec_config.json`), a training run (its
-`final/` export), a training checkpoint (`checkpoints/step_N`), or a base VLM of a supported family (zero-shot).
+"""How VLM2Vec directories are recognised: an export (`vlm2vec_config.json`), a training run (its `final/`
+export), a training checkpoint (`checkpoints/step_N`), or a base VLM of a supported family (zero-shot).
 
-`evaluate.models` calls :func:`is_vlm2vec_checkpoint` (lazily) to route such directories to
-`vlm2vec.model.VLM2VecModel`.
+:func:`is_vlm2vec_checkpoint` is exported by the `vlm2vec` package; `evaluate.models` calls it (lazily) to route
+such directories to `vlm2vec.VLM2VecModel`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ def _config_json(directory: Path) -> dict:
         return {}
 
 
-def is_vlm2vec_checkpoint(directory: Path) -> bool:
+def is_vlm2vec_checkpoint(directory: str | Path) -> bool:
+    """Whether ``directory`` holds a VLM2Vec export, training run or checkpoint, or a supported base VLM."""
     directory = Path(directory)
     if (directory / CONFIG_NAME).is_file() or (directory / "final" / CONFIG_NAME).is_file():
         return True
