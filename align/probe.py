@@ -10,94 +10,87 @@ i2t / t2i R@1/5/10 as a table and ``OUTPUT/probe_results.json``::
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from align.config import TrainConfig
 from align.data import DataError
 from align.train import TrainingError, train
+from core.cli import ConfigParser
+from core.config import setting
 
 log = logging.getLogger("align.probe")
 METRICS = ("val/i2t_R@1", "val/i2t_R@5", "val/i2t_R@10", "val/t2i_R@1", "val/t2i_R@5", "val/t2i_R@10")
+# Set per probed pair, not by the user.
+PER_PAIR = (
+    "image_features",
+    "text_features",
+    "val_image_features",
+    "val_text_features",
+    "output_dir",
+    "head",
+)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+@dataclass(kw_only=True)
+class ProbeConfig(TrainConfig):
+    """The training settings of every probe, with one store per model instead of one store per run."""
+
+    image_features: list[str] = setting(help="one training image store per image model")
+    text_features: list[str] = setting(help="one training caption store per text model")
+    val_image_features: list[str] = setting(help="held-out image stores, in the order of --image-features")
+    val_text_features: list[str] = setting(help="held-out caption stores, in the order of --text-features")
+    output_dir: str = setting(help="one run folder per pair (IMAGE__TEXT) and probe_results.json")
+    head: str = setting(default="linear", choices=("linear",), help="probes train a linear head")
+    epochs: int = setting(default=50, help="passes over the training pairs")
+    resume: str | None = setting(default="latest", help="'latest' continues each pair's run where it stopped")
+
+    def pair_config(
+        self, image: str, text: str, val_image: str, val_text: str, output_dir: str
+    ) -> TrainConfig:
+        shared = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in PER_PAIR
+        }
+        return TrainConfig(
+            **shared,
+            image_features=image,
+            text_features=[text],
+            val_image_features=val_image,
+            val_text_features=[val_text],
+            output_dir=output_dir,
+            head="linear",
+        )
+
+
+def build_parser() -> ConfigParser:
+    return ConfigParser(
+        ProbeConfig,
         prog="python -m align.probe",
-        description="Linear alignment probing: one linear head per (image model, text model) pair.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Linear alignment probing: one linear head per (image model, text model) pair, trained with "
+        "the same settings (every align.train setting applies).",
     )
-    p.add_argument(
-        "--image-features", nargs="+", required=True, help="one training image store per image model"
-    )
-    p.add_argument(
-        "--text-features", nargs="+", required=True, help="one training caption store per text model"
-    )
-    p.add_argument("--val-image-features", nargs="+", required=True, help="held-out image stores, same order")
-    p.add_argument(
-        "--val-text-features", nargs="+", required=True, help="held-out caption stores, same order"
-    )
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--target-dim", type=int, default=1024)
-    p.add_argument("--loss", default="siglip", choices=["siglip", "clip"])
-    p.add_argument("--batch-size", type=int, default=32768)
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--optimizer", default="lion", choices=["lion", "adamw"])
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--wd", type=float, default=1e-4)
-    p.add_argument("--warmup", type=float, default=0.1)
-    p.add_argument("--precision", default="amp_bf16", choices=["fp32", "amp_bf16", "amp_fp16"])
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
-    return p
 
 
-def probe(args: argparse.Namespace) -> list[dict]:
-    if len(args.val_image_features) != len(args.image_features):
+def probe(cfg: ProbeConfig) -> list[dict]:
+    if len(cfg.val_image_features) != len(cfg.image_features):
         raise ValueError("give one --val-image-features store per --image-features store, in the same order")
-    if len(args.val_text_features) != len(args.text_features):
+    if len(cfg.val_text_features) != len(cfg.text_features):
         raise ValueError("give one --val-text-features store per --text-features store, in the same order")
-    for path in [
-        *args.image_features,
-        *args.text_features,
-        *args.val_image_features,
-        *args.val_text_features,
-    ]:
+    for path in [*cfg.image_features, *cfg.text_features, *cfg.val_image_features, *cfg.val_text_features]:
         if not Path(path).is_file():
             raise ValueError(f"feature store {path} does not exist")
-    out = Path(args.output_dir)
+    out = Path(cfg.output_dir)
     results = []
-    for image, val_image in zip(args.image_features, args.val_image_features, strict=True):
-        for text, val_text in zip(args.text_features, args.val_text_features, strict=True):
+    for image, val_image in zip(cfg.image_features, cfg.val_image_features, strict=True):
+        for text, val_text in zip(cfg.text_features, cfg.val_text_features, strict=True):
             name = f"{Path(image).stem}__{Path(text).stem}"
-            cfg = TrainConfig(
-                image_features=image,
-                text_features=[text],
-                val_image_features=val_image,
-                val_text_features=[val_text],
-                output_dir=str(out / name),
-                head="linear",
-                target_dim=args.target_dim,
-                loss=args.loss,
-                batch_size=args.batch_size,
-                optimizer=args.optimizer,
-                lr=args.lr,
-                wd=args.wd,
-                epochs=args.epochs,
-                warmup=args.warmup,
-                precision=args.precision,
-                seed=args.seed,
-                device=args.device,
-                resume="latest",
-                progress=not args.no_progress,
-            )
             log.info("probing %s", name)
-            metrics = train(cfg)
+            metrics = train(cfg.pair_config(image, text, val_image, val_text, str(out / name)))
             results.append({"image": image, "text": text, **{k: metrics[k] for k in METRICS}})
     (out / "probe_results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
@@ -114,9 +107,9 @@ def format_table(results: list[dict]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    cfg = build_parser().parse(argv)
     try:
-        results = probe(args)
+        results = probe(cfg)
     except (DataError, ValueError, TrainingError) as err:
         log.error("%s", err)
         return 2

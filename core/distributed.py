@@ -37,6 +37,17 @@ def leave_process_group() -> None:
         dist.destroy_process_group()
 
 
+def wrap_ddp(model: torch.nn.Module, device: torch.device, world: int, find_unused_parameters: bool = False):
+    """``model`` in ``DistributedDataParallel`` when several processes train, else ``model`` itself."""
+    if world == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=find_unused_parameters,
+    )
+
+
 def rank_and_world(group: ProcessGroup | None) -> tuple[int, int]:
     """This process's rank in ``group`` and the group size; ``(0, 1)`` when ``group`` is None."""
     if group is None:

@@ -20,19 +20,10 @@ VAL_IMAGES=${VAL_IMAGES:-0}                             # COCO train images held
 LIMIT_CLASSES=${LIMIT_CLASSES:-}                        # small slices for tests (empty = all)
 LIMIT_COCO_IMAGES=${LIMIT_COCO_IMAGES:-}
 ZEROSHOT_TEMPLATES=${ZEROSHOT_TEMPLATES:-}              # a file of prompt templates (empty = the 80 OpenAI ones)
-# ---- recipe (chosen on the validation split; see README) ---------------------------------------------------
-HEAD=${HEAD:-mlp}
-LOSS=${LOSS:-clip}
-TARGET_DIM=${TARGET_DIM:-512}
-BATCH_SIZE=${BATCH_SIZE:-256}
-EPOCHS=${EPOCHS:-20}
-LR=${LR:-1e-3}
-WD=${WD:-0.01}
-OPTIMIZER=${OPTIMIZER:-adamw}
-WARMUP=${WARMUP:-0.1}
-LOGIT_SCALE=${LOGIT_SCALE:-10}
-LOGIT_BIAS=${LOGIT_BIAS:--10}
-SEED=${SEED:-0}
+# ---- recipe: recipes/quickstart.yaml (chosen on the validation split; see README); these override it when set:
+# HEAD LOSS TARGET_DIM BATCH_SIZE EPOCHS LR WD OPTIMIZER WARMUP LOGIT_SCALE LOGIT_BIAS
+RECIPE=${RECIPE:-recipes/quickstart.yaml}
+SEED=${SEED:-0}                                         # the data split's seed and the training seed
 ENCODE_BATCH=${ENCODE_BATCH:-64}
 NUM_WORKERS=${NUM_WORKERS:-2}
 # ------------------------------------------------------------------------------------------------------------
@@ -70,7 +61,10 @@ for split in "${splits[@]}"; do
   done
 done
 
-step "2/4 train a $HEAD head ($LOSS loss, $EPOCHS epochs)"
+step "2/4 train the head ($RECIPE)"
+source scripts/lib/recipe.sh
+recipe_overrides HEAD:head LOSS:loss TARGET_DIM:target-dim BATCH_SIZE:batch-size EPOCHS:epochs LR:lr WD:wd \
+  OPTIMIZER:optimizer WARMUP:warmup LOGIT_SCALE:logit-scale LOGIT_BIAS:logit-bias
 train_text=() validation=()
 for column in "${CAPTIONS[@]}"; do train_text+=("$FEATURES/train_${column}.h5"); done
 if [ "$VAL_IMAGES" -gt 0 ]; then
@@ -78,12 +72,9 @@ if [ "$VAL_IMAGES" -gt 0 ]; then
   for column in "${CAPTIONS[@]}"; do validation+=("$FEATURES/val_${column}.h5"); done
 fi
 rm -rf "$RUN_DIR"
-python -m align.train --image-features "$FEATURES/train_image.h5" --text-features "${train_text[@]}" \
-  "${validation[@]}" \
-  --head "$HEAD" --target-dim "$TARGET_DIM" --loss "$LOSS" --batch-size "$BATCH_SIZE" --epochs "$EPOCHS" \
-  --optimizer "$OPTIMIZER" --lr "$LR" --wd "$WD" --warmup "$WARMUP" --logit-scale "$LOGIT_SCALE" \
-  --logit-bias "$LOGIT_BIAS" --seed "$SEED" --precision fp32 --save-every 1000000 --keep-last 1 \
-  --log-every 10 --no-progress --output-dir "$RUN_DIR"
+python -m align.train --config "$RECIPE" "${overrides[@]}" --seed "$SEED" \
+  --image-features "$FEATURES/train_image.h5" --text-features "${train_text[@]}" "${validation[@]}" \
+  --no-progress --output-dir "$RUN_DIR"
 TRAINED=$(ls -d "$RUN_DIR"/checkpoints/step_* | sort -V | tail -n 1)
 UNTRAINED=$OUTPUT_DIR/untrained
 python -m quickstart untrained --like "$TRAINED" --out "$UNTRAINED"

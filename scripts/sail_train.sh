@@ -6,7 +6,9 @@
 #   python -m encode text  --model nvidia/NV-Embed-v2 --trust-remote-code --caption-column raw_caption \
 #       --data DATA --out features/train_raw_caption.h5
 #   (and --caption-column long_caption for the extra-text store)
-# Every variable below can be overridden from the environment: `NUM_GPUS=8 BATCH_SIZE=32768 bash scripts/sail_train.sh`.
+# The recipe is recipes/sail.yaml; a variable set in the environment overrides its setting:
+#   NUM_GPUS=8 BATCH_SIZE=32768 LR=2e-5 bash scripts/sail_train.sh
+# Re-running continues the run from its latest checkpoint (--resume latest).
 set -euo pipefail
 
 IMAGE_FEATURES=${IMAGE_FEATURES:-features/train_image.h5}
@@ -15,37 +17,20 @@ EXTRA_TEXT_FEATURES=${EXTRA_TEXT_FEATURES:-features/train_long_caption.h5}  # ""
 VAL_IMAGE_FEATURES=${VAL_IMAGE_FEATURES:-}                              # optional held-out stores
 VAL_TEXT_FEATURES=${VAL_TEXT_FEATURES:-}
 OUTPUT_DIR=${OUTPUT_DIR:-runs/sail_star_dinov2l_nvembedv2}
-
-HEAD=${HEAD:-star}
-WIDTH_FACTOR=${WIDTH_FACTOR:-8}
-TARGET_DIM=${TARGET_DIM:-1024}
-LOSS=${LOSS:-siglip}
-BATCH_SIZE=${BATCH_SIZE:-32768}          # global, split over the GPUs
-OPTIMIZER=${OPTIMIZER:-lion}
-LR=${LR:-1e-5}
-WD=${WD:-1e-4}
-EPOCHS=${EPOCHS:-100}
-WARMUP=${WARMUP:-0.1}                    # < 1: fraction of the steps; >= 1: steps
-LOGIT_SCALE=${LOGIT_SCALE:-20}
-LOGIT_BIAS=${LOGIT_BIAS:--10}
-PRECISION=${PRECISION:-amp_bf16}
-SEED=${SEED:-42}
-SAVE_EVERY=${SAVE_EVERY:-500}
-VAL_EVERY=${VAL_EVERY:-500}
+RECIPE=${RECIPE:-recipes/sail.yaml}
 NUM_GPUS=${NUM_GPUS:-1}
 EXTRA_ARGS=${EXTRA_ARGS:-}               # e.g. "--decay-norm-and-bias" to reproduce SAIL's decay of every parameter
 
 cd "$(dirname "$0")/.."
+source scripts/lib/recipe.sh
+recipe_overrides HEAD:head WIDTH_FACTOR:width-factor TARGET_DIM:target-dim LOSS:loss BATCH_SIZE:batch-size \
+  OPTIMIZER:optimizer LR:lr WD:wd EPOCHS:epochs WARMUP:warmup LOGIT_SCALE:logit-scale LOGIT_BIAS:logit-bias \
+  PRECISION:precision SEED:seed SAVE_EVERY:save-every VAL_EVERY:val-every
 
+# shellcheck disable=SC2206
 args=(
-  --image-features "$IMAGE_FEATURES"
-  --text-features $TEXT_FEATURES
-  --head "$HEAD" --width-factor "$WIDTH_FACTOR" --target-dim "$TARGET_DIM"
-  --loss "$LOSS" --batch-size "$BATCH_SIZE"
-  --optimizer "$OPTIMIZER" --lr "$LR" --wd "$WD" --epochs "$EPOCHS" --warmup "$WARMUP"
-  --logit-scale "$LOGIT_SCALE" --logit-bias "$LOGIT_BIAS"
-  --precision "$PRECISION" --seed "$SEED"
-  --save-every "$SAVE_EVERY" --val-every "$VAL_EVERY"
+  --config "$RECIPE" "${overrides[@]}"
+  --image-features "$IMAGE_FEATURES" --text-features $TEXT_FEATURES
   --output-dir "$OUTPUT_DIR" --resume latest
 )
 if [[ -n "$EXTRA_TEXT_FEATURES" ]]; then

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from align.config import TrainConfig
 from align.data import DataError
-from align.train import TrainingError, build_parser, config_from_args, train
+from align.train import TrainingError, build_parser, train
 from core.checkpoint import latest_checkpoint, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def cli_args(stores, output: Path, *extra: str) -> list[str]:
 
 
 def config(stores, output: Path, *extra: str) -> TrainConfig:
-    return config_from_args(build_parser().parse_args(cli_args(stores, output, *extra)))
+    return build_parser().parse(cli_args(stores, output, *extra))
 
 
 def final_weights(output: Path) -> dict[str, torch.Tensor]:
@@ -153,7 +153,7 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path):
             "--batch-size", "32", "--epochs", "5", "--log-every", "3", "--save-every", "1",
             "--output-dir", str(tmp_path / "out"), "--no-progress"]  # fmt: skip
     with pytest.raises(TrainingError, match="non-finite at step 1 "):
-        train(config_from_args(build_parser().parse_args(args)))
+        train(build_parser().parse(args))
     assert latest_checkpoint(tmp_path / "out") is None  # the NaN weights were never saved
 
 
@@ -203,7 +203,7 @@ def test_bad_input_fails_before_writing(stores, tmp_path):
         if "--batch-size" in args:
             full = [*args, "--output-dir", str(out), "--no-progress"]
         with pytest.raises((DataError, ValueError), match=message):
-            train(config_from_args(build_parser().parse_args(full)))
+            train(build_parser().parse(full))
         assert not out.exists(), name
 
 

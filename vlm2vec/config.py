@@ -1,91 +1,82 @@
-"""Training configuration of `python -m vlm2vec.train`; saved in every checkpoint's `config.json` (`train`)."""
+"""Training configuration of ``python -m vlm2vec.train``; saved in every checkpoint's ``config.json`` (``train``).
+
+The command line is generated from these fields (:mod:`core.cli`); recipes in ``recipes/`` set them by name.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
-from vlm2vec.data import MMEB_TRAIN_SUBSETS
+from core.config import LoopConfig, setting
+from core.optim import OPTIMIZERS
+from core.precision import DTYPES, PRECISIONS
+from vlm2vec.adapters import FAMILIES
+from vlm2vec.data import MMEB_TRAIN_SUBSETS, SPLITS
+from vlm2vec.pooling import POOLING_MODES
 
-# Settings that may change between a run and its --resume without changing the trained weights.
-RESUME_EXEMPT = (
-    "resume",
-    "output_dir",
-    "log_every",
-    "save_every",
-    "keep_last",
-    "tensorboard",
-    "wandb_project",
-    "device",
-    "progress",
-    "num_workers",
-    "query_chunk_size",
-    "target_chunk_size",
-    "gradient_checkpointing",
-    "merge_lora",
-    "check_images",
-)
+TUNING = ("lora", "dora", "full")
 
 
-@dataclass
-class TrainConfig:
-    model: str
-    data: str
-    output_dir: str
-    image_root: str | None = None  # default: --data
-    family: str | None = None  # default: from the model's config.model_type
-    trust_remote_code: bool = False
-    subsets: list[str] = field(default_factory=lambda: list(MMEB_TRAIN_SUBSETS))
-    split: str = "original"
-    num_sample_per_subset: int | None = 50_000
-    subset_caps: dict[str, int] = field(default_factory=dict)
-    mixed_batches: bool = False
-    hard_negatives: bool = True
-    check_images: bool = True
-    pooling: str = "last"
-    normalize: bool = True
-    temperature: float = 0.02
-    max_text_tokens: int | None = 256
-    tuning: str = "lora"  # lora | dora | full
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.1
-    lora_target_modules: str | None = None
-    gradient_checkpointing: bool = False
-    batch_size: int = 1024  # global, all processes together
-    query_chunk_size: int = 0  # 0: no GradCache on queries (one chunk)
-    target_chunk_size: int = 0
-    optimizer: str = "adamw"
-    lr: float = 2e-5
-    wd: float = 0.0
-    steps: int = 2000
-    warmup: float = 200
-    grad_clip: float | None = None
-    precision: str = "amp_bf16"
-    dtype: str = "float32"  # weights; autocast comes from --precision
-    seed: int = 42
-    resume: str | None = None
-    save_every: int = 1000
-    keep_last: int = 2
-    log_every: int = 1
-    merge_lora: bool = False
-    tensorboard: bool = False
-    wandb_project: str | None = None
-    device: str = "auto"
-    num_workers: int = 2
-    progress: bool = True
+@dataclass(kw_only=True)
+class TrainConfig(LoopConfig):
+    RESUME_EXEMPT: ClassVar[tuple[str, ...]] = (
+        *LoopConfig.RESUME_EXEMPT,
+        "num_workers",
+        "query_chunk_size",
+        "target_chunk_size",
+        "gradient_checkpointing",
+        "merge_lora",
+        "check_images",
+    )
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-    def resume_differences(self, saved: TrainConfig) -> list[str]:
-        return [
-            f"{f.name}: checkpoint {getattr(saved, f.name)!r}, now {getattr(self, f.name)!r}"
-            for f in dataclasses.fields(self)
-            if f.name not in RESUME_EXEMPT and getattr(saved, f.name) != getattr(self, f.name)
-        ]
+    # model
+    model: str = setting(help="base VLM: hub id or local directory")
+    family: str | None = setting(
+        default=None, choices=sorted(FAMILIES), help="adapter (default: from the model's config.model_type)"
+    )
+    trust_remote_code: bool = setting(default=False, help="allow the model's own code (Phi-3.5-V)")
+    pooling: str = setting(default="last", choices=POOLING_MODES, help="how a sequence becomes one vector")
+    normalize: bool = setting(default=True, help="L2-normalise embeddings (--no-normalize turns it off)")
+    temperature: float = setting(default=0.02, help="InfoNCE temperature")
+    max_text_tokens: int | None = setting(default=256, help="truncate texts to this many tokens (not images)")
+    tuning: str = setting(default="lora", choices=TUNING, help="what is trained")
+    lora_r: int = setting(default=16, help="LoRA rank")
+    lora_alpha: int = setting(default=32, help="LoRA alpha")
+    lora_dropout: float = setting(default=0.1, help="LoRA dropout")
+    lora_target_modules: str | None = setting(default=None, help="peft regex (default: the family's decoder)")
+    gradient_checkpointing: bool = setting(default=False, help="recompute activations in backward")
+    dtype: str = setting(default="float32", choices=sorted(DTYPES), help="weight dtype")
+    merge_lora: bool = setting(default=False, help="export final/ with LoRA merged into the weights")
+    # data
+    data: str = setting(help="MMEB-train root: SUBSET/SPLIT*.parquet|jsonl or save_to_disk")
+    image_root: str | None = setting(
+        default=None, help="folder the image paths are relative to (default --data)"
+    )
+    subsets: list[str] = setting(
+        default_factory=lambda: list(MMEB_TRAIN_SUBSETS), help="MMEB-train subsets (default: all 20)"
+    )
+    split: str = setting(default="original", choices=SPLITS, help="MMEB-train split")
+    num_sample_per_subset: int | None = setting(default=50_000, help="rows taken per subset")
+    subset_caps: dict[str, int] = setting(default_factory=dict, help="rows taken for single subsets")
+    mixed_batches: bool = setting(
+        default=False, help="mix subsets in a batch (default: one subset per batch)"
+    )
+    hard_negatives: bool = setting(default=True, help="use neg_text / neg_image_path (--no-hard-negatives)")
+    check_images: bool = setting(default=True, help="check every image path up front (--no-check-images)")
+    num_workers: int = setting(default=2, help="DataLoader processes")
+    # optimisation
+    batch_size: int = setting(default=1024, help="global batch (all processes together)")
+    query_chunk_size: int = setting(default=0, help="GradCache chunk of queries (0 = no GradCache)")
+    target_chunk_size: int = setting(default=0, help="GradCache chunk of targets (0 = no GradCache)")
+    optimizer: str = setting(default="adamw", choices=OPTIMIZERS, help="optimizer")
+    lr: float = setting(default=2e-5, help="peak learning rate")
+    wd: float = setting(default=0.0, help="weight decay (weight matrices only)")
+    steps: int = setting(default=2000, help="optimizer steps")
+    warmup: float = setting(default=200, help="< 1 = fraction of steps, >= 1 = steps")
+    precision: str = setting(
+        default="amp_bf16", choices=PRECISIONS, help="autocast dtype on GPU; CPU always trains in fp32"
+    )
+    # run
+    keep_last: int = setting(default=2, help="checkpoints kept (0 = all)")
+    log_every: int = setting(default=1, help="log metrics (and check that the loss is finite) every N steps")
