@@ -25,8 +25,10 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+RESUME_NEWEST = ("latest", "auto")
 WEIGHT_FILES = ("head.safetensors", "model.safetensors")
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+TRAINER_STATE = "trainer_state.pt"
 
 
 @dataclass
@@ -38,22 +40,48 @@ class Checkpoint:
     trainer_state: dict
 
 
+def missing_files(directory: Path) -> list[str]:
+    """The files a training checkpoint folder lacks (``config.json``, the weights, ``trainer_state.pt``)."""
+    missing = [name for name in ("config.json", TRAINER_STATE) if not (directory / name).is_file()]
+    if not any((directory / name).is_file() for name in WEIGHT_FILES):
+        missing.append(" or ".join(WEIGHT_FILES))
+    return missing
+
+
 def checkpoint_dirs(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """Complete checkpoints under ``output_dir/checkpoints``, oldest first."""
+    """Complete checkpoints under ``output_dir/checkpoints``, oldest first.
+
+    A ``step_N`` folder that lacks one of its files (damaged by hand or by a disk fault) is skipped with a
+    warning naming what is missing; it is left in place for the user to inspect.
+    """
     root = Path(output_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
     found = []
     for child in root.iterdir():
         match = _STEP_DIR.match(child.name)
-        if match and child.is_dir() and (child / "config.json").is_file():
-            found.append((int(match.group(1)), child))
+        if not (match and child.is_dir()):
+            continue
+        missing = missing_files(child)
+        if missing:
+            log.warning("skipping checkpoint %s: it has no %s", child, ", ".join(missing))
+            continue
+        found.append((int(match.group(1)), child))
     return sorted(found)
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     found = checkpoint_dirs(output_dir)
     return found[-1][1] if found else None
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's contents to the disk (folders: their entries, i.e. a rename)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(
@@ -65,7 +93,13 @@ def save_checkpoint(
     keep_last: int,
     weights_name: str = "head.safetensors",
 ) -> Path:
-    """Write ``step_N/`` atomically and keep only the ``keep_last`` newest checkpoints (0 keeps all)."""
+    """Write ``step_N/`` atomically and keep only the ``keep_last`` newest checkpoints (0 keeps all).
+
+    The files are written into ``step_N.tmp``, flushed to the disk (fsync), and the folder renamed to ``step_N``
+    (then the rename flushed too), so a crash or a full disk at any point leaves either the complete checkpoint
+    or none: never a ``step_N`` with missing or truncated files. Old checkpoints are renamed to
+    ``step_M.deleting`` before they are removed.
+    """
     if weights_name not in WEIGHT_FILES:
         raise ValueError(f"weights_name must be one of {WEIGHT_FILES}")
     root = Path(output_dir) / CHECKPOINTS
@@ -74,14 +108,28 @@ def save_checkpoint(
     tmp = root / f"step_{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file_weights(model_state, tmp / weights_name)
-    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    torch.save(trainer_state, tmp / "trainer_state.pt")
-    shutil.rmtree(final, ignore_errors=True)
+    try:
+        save_file_weights(model_state, tmp / weights_name)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        torch.save(trainer_state, tmp / TRAINER_STATE)
+        for file in tmp.iterdir():
+            _fsync(file)
+        _fsync(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        stale = root / f"step_{step}.deleting"
+        shutil.rmtree(stale, ignore_errors=True)
+        final.rename(stale)
+        shutil.rmtree(stale, ignore_errors=True)
     os.replace(tmp, final)
+    _fsync(root)
     if keep_last > 0:
-        for _, old in checkpoint_dirs(output_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        for old_step, old in checkpoint_dirs(output_dir)[:-keep_last]:
+            doomed = old.with_name(f"step_{old_step}.deleting")
+            old.rename(doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
     return final
 
 
@@ -109,7 +157,7 @@ def load_config(path: str | os.PathLike) -> dict:
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
     """Weights, config and trainer state (``{}`` when the directory is an export without trainer state)."""
     path = Path(path)
-    state_file = path / "trainer_state.pt"
+    state_file = path / TRAINER_STATE
     trainer_state = (
         torch.load(state_file, map_location="cpu", weights_only=True) if state_file.is_file() else {}
     )
@@ -126,8 +174,9 @@ def find_resume(
 ) -> Path | None:
     """The checkpoint a run continues from; None = a fresh run. Checked before anything is written.
 
-    ``resume``: None (refused when ``output_dir`` already holds checkpoints), ``"latest"`` (the newest one, or
-    a fresh run when there is none yet) or a ``step_N`` directory. The checkpoint must be a
+    ``resume``: None (refused when ``output_dir`` already holds checkpoints), ``"latest"`` or ``"auto"`` (the
+    newest complete one, or a fresh run when there is none yet: what a requeued or restarted job passes) or a
+    ``step_N`` directory. The checkpoint must be a
     ``checkpoint_format`` training checkpoint, and ``differences(saved_train_settings)`` (the trainer's own
     comparison with its current settings) must come back empty.
     """
@@ -139,12 +188,15 @@ def find_resume(
                 "or choose another --output-dir"
             )
         return None
-    path = latest_checkpoint(output) if resume == "latest" else Path(resume)
+    path = latest_checkpoint(output) if resume in RESUME_NEWEST else Path(resume)
     if path is None:
-        log.info("--resume latest: no checkpoint in %s yet, starting from scratch", output)
+        log.info("--resume %s: no checkpoint in %s yet, starting from scratch", resume, output)
         return None
-    if not (path / "config.json").is_file():
-        raise ValueError(f"--resume {resume}: not a checkpoint directory (no config.json)")
+    missing = missing_files(path)
+    if missing:
+        raise ValueError(
+            f"--resume {resume}: not a complete checkpoint directory (it has no {', '.join(missing)})"
+        )
     saved = load_config(path)
     if saved.get("format") != checkpoint_format or "train" not in saved:
         raise ValueError(

@@ -201,16 +201,21 @@ def run_training_cli(
     """A trainer's ``main``: parse the config, train, leave the process group, print the last metrics on rank 0.
 
     Exit codes: 0 done; 1 training stopped (:class:`core.loop.TrainingError`, e.g. a non-finite loss);
-    2 bad settings or inputs (``ValueError`` or one of ``input_errors``), reported before any work.
+    2 bad settings or inputs (``ValueError`` or one of ``input_errors``), reported before any work;
+    75 (:data:`core.preemption.EXIT_PREEMPTED`) stopped by SIGTERM / SIGUSR1 after writing a checkpoint.
     """
     from core.distributed import leave_process_group
     from core.loop import TrainingError
+    from core.preemption import Preempted
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger(parser.prog.removeprefix("python -m "))
     cfg = parser.parse(argv)
     try:
         metrics = train(cfg)
+    except Preempted as err:
+        log.warning("%s", err)
+        return err.exit_code
     except TrainingError as err:
         log.error("%s", err)
         return 1

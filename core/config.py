@@ -79,7 +79,8 @@ class LoopConfig(ConfigBase):
     output_dir: str = setting(help="run folder: checkpoints/step_N, metrics.jsonl, loss_curve.png")
     resume: str | None = setting(
         default=None,
-        help="'latest' (newest checkpoint in --output-dir, or start fresh when there is none) or a step_N dir",
+        help="'latest' or 'auto': the newest complete checkpoint in --output-dir, or a fresh start when there is "
+        "none (what requeued and restarted jobs pass); or a checkpoints/step_N dir",
     )
     precision: str = setting(
         default="amp_bf16",

@@ -12,6 +12,9 @@ checkpoints, extra values to log); :class:`TrainingLoop` owns everything else:
   :class:`TrainingError` naming that step, and nothing after it is saved;
 * logging: loss, positive / negative parts, lr and pairs/s averaged over the window, plus the task's values, to
   ``metrics.jsonl`` (and TensorBoard / wandb), a progress bar, and the loss curve at the end;
+* preemption: SIGTERM / SIGUSR1 (:mod:`core.preemption`) finish the step in hand, write a checkpoint and raise
+  :class:`core.preemption.Preempted` (exit code 75 from the CLIs); alone the run stops after the current step,
+  under torchrun at the next log point, where the ranks agree in the same all-reduce as the non-finite check;
 * checkpoints every ``save_every`` steps and at the end, on rank 0, then the task's export; teardown of the bar,
   the logger and the task, and a barrier so that every rank returns once rank 0 has written everything.
 
@@ -38,6 +41,7 @@ from core.config import LoopConfig
 from core.losses import LossOutput
 from core.metrics_log import MetricsLogger, check_backends
 from core.precision import Precision
+from core.preemption import Preempted, PreemptionGuard
 
 log = logging.getLogger(__name__)
 
@@ -172,46 +176,58 @@ class TrainingLoop:
         bar = tqdm(
             total=total, initial=self.start_step, disable=not (cfg.progress and self.is_main), unit="step"
         )
-        try:
-            for step in range(self.start_step, total):
-                optimizer.zero_grad(set_to_none=True)
-                out = task.forward_backward(step, self.precision)
-                self.precision.step(optimizer, params, cfg.grad_clip)
-                scheduler.step()
-                task.after_step()
-                loss = out.loss.detach()
-                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
-                sums += torch.stack([loss, out.positive.detach(), out.negative.detach()]).double()
-                window_steps += 1
-                done = step + 1
-                save = done % cfg.save_every == 0 or done == total
-                if save or done % cfg.log_every == 0 or task.log_now(done):
-                    self._check_finite(first_bad, total)
-                    elapsed = max(time.perf_counter() - window_start, 1e-9)
-                    mean = (sums / window_steps).tolist()
-                    last = {
-                        "loss": mean[0],
-                        "positive": mean[1],
-                        "negative": mean[2],
-                        "lr": optimizer.param_groups[0]["lr"],
-                        "pairs_per_s": window_steps * pairs_per_step / elapsed,
-                        **task.log_values(step, done),
-                    }
-                    logger.log(done, last)
-                    bar.set_postfix(
-                        loss=f"{last['loss']:.4f}",
-                        lr=f"{last['lr']:.2e}",
-                        pairs_s=f"{last['pairs_per_s']:.0f}",
-                    )
-                    sums.zero_()
-                    window_steps, window_start = 0, time.perf_counter()
-                if save and self.is_main:
-                    self._save(task, done, optimizer, scheduler)
-                bar.update(1)
-        finally:
-            bar.close()
-            logger.close()
-            task.close()
+        with PreemptionGuard() as guard:
+            try:
+                for step in range(self.start_step, total):
+                    optimizer.zero_grad(set_to_none=True)
+                    out = task.forward_backward(step, self.precision)
+                    self.precision.step(optimizer, params, cfg.grad_clip)
+                    scheduler.step()
+                    task.after_step()
+                    loss = out.loss.detach()
+                    first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
+                    sums += torch.stack([loss, out.positive.detach(), out.negative.detach()]).double()
+                    window_steps += 1
+                    done = step + 1
+                    save = done % cfg.save_every == 0 or done == total
+                    log_point = save or done % cfg.log_every == 0 or task.log_now(done)
+                    stop = False
+                    if log_point or (self.world == 1 and guard.requested):
+                        stop = self._check(first_bad, total, guard.requested) and done < total
+                    if log_point:
+                        elapsed = max(time.perf_counter() - window_start, 1e-9)
+                        mean = (sums / window_steps).tolist()
+                        last = {
+                            "loss": mean[0],
+                            "positive": mean[1],
+                            "negative": mean[2],
+                            "lr": optimizer.param_groups[0]["lr"],
+                            "pairs_per_s": window_steps * pairs_per_step / elapsed,
+                            **task.log_values(step, done),
+                        }
+                        logger.log(done, last)
+                        bar.set_postfix(
+                            loss=f"{last['loss']:.4f}",
+                            lr=f"{last['lr']:.2e}",
+                            pairs_s=f"{last['pairs_per_s']:.0f}",
+                        )
+                        sums.zero_()
+                        window_steps, window_start = 0, time.perf_counter()
+                    if (save or stop) and self.is_main:
+                        self._save(task, done, optimizer, scheduler)
+                    bar.update(1)
+                    if stop:
+                        if self.world > 1:
+                            dist.barrier()  # every rank leaves once rank 0 has written the checkpoint
+                        raise Preempted(
+                            f"stopped by {guard.received.name if guard.received else 'another rank'} after step {done} "
+                            f"of {total}; checkpoint {Path(cfg.output_dir) / 'checkpoints' / f'step_{done}'} written. "
+                            "Run the same command with --resume latest (or auto) to continue."
+                        )
+            finally:
+                bar.close()
+                logger.close()
+                task.close()
         if self.is_main:
             task.export()
             curve = logger.plot("loss")
@@ -221,19 +237,26 @@ class TrainingLoop:
             dist.barrier()
         return last
 
-    def _check_finite(self, first_bad: Tensor, total_steps: int) -> None:
-        """Raise on every rank when any rank's loss went non-finite, naming the first such step of any rank."""
-        flag = first_bad.clone()
-        if self.world > 1:
-            flag = torch.where(flag < 0, total_steps, flag)
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            flag = torch.where(flag == total_steps, -1, flag)
-        bad = int(flag)
+    def _check(self, first_bad: Tensor, total_steps: int, stop_requested: bool) -> bool:
+        """Raise :class:`TrainingError` on every rank when any rank's loss went non-finite (naming the first
+        such step of any rank); otherwise return whether any rank was asked to stop. One all-reduce under
+        torchrun, none alone."""
+        if self.world == 1:
+            bad, stop = int(first_bad), stop_requested
+        else:
+            flags = torch.stack(
+                [torch.where(first_bad < 0, total_steps, first_bad), -torch.ones_like(first_bad)]
+            )
+            flags[1] *= int(stop_requested)
+            dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+            bad, stop_flag = flags.tolist()
+            bad, stop = (-1 if bad == total_steps else bad), stop_flag < 0
         if bad >= 0:
             raise TrainingError(
                 f"the loss became non-finite at step {bad + 1} (NaN or inf); the weights after it were not saved. "
                 "Lower --lr, use --grad-clip, or check the inputs for NaN; then resume from the last checkpoint."
             )
+        return stop
 
     def _save(self, task: TrainTask, done: int, optimizer: torch.optim.Optimizer, scheduler: Any) -> Path:
         state = make_trainer_state(
@@ -245,12 +268,18 @@ class TrainingLoop:
             world_size=self.world,
             **task.checkpoint_position(done),
         )
-        return save_checkpoint(
-            self.cfg.output_dir,
-            done,
-            task.checkpoint_weights(),
-            task.checkpoint_config(done),
-            state,
-            self.cfg.keep_last,
-            weights_name=task.weights_name,
-        )
+        try:
+            return save_checkpoint(
+                self.cfg.output_dir,
+                done,
+                task.checkpoint_weights(),
+                task.checkpoint_config(done),
+                state,
+                self.cfg.keep_last,
+                weights_name=task.weights_name,
+            )
+        except OSError as err:
+            raise TrainingError(
+                f"could not write the checkpoint of step {done} ({err}); the earlier checkpoints are intact. "
+                "Free space (or fix the folder's permissions), then run the same command with --resume latest."
+            ) from err

@@ -21,6 +21,13 @@ EXIT_PREEMPTED = 75
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
+def ignore_preemption_signals(worker_id: int | None = None) -> None:
+    """Ignore SIGTERM / SIGUSR1 in this process: the ``worker_init_fn`` of DataLoader workers, which a job's
+    SIGTERM reaches too. They then live until the main process, which saves first, ends them."""
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class Preempted(Exception):
     """The command saved its work and stopped because it was asked to (see :data:`EXIT_PREEMPTED`)."""
 
@@ -43,7 +50,9 @@ class PreemptionGuard:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is None:
             self.received = signal.Signals(signum)
-            log.warning("%s received: finishing the current step, then saving and stopping", self.received.name)
+            log.warning(
+                "%s received: finishing the current step, then saving and stopping", self.received.name
+            )
 
     def __enter__(self) -> PreemptionGuard:
         if threading.current_thread() is threading.main_thread():

@@ -23,6 +23,8 @@ EXTRA_ARGS=${EXTRA_ARGS:-}               # e.g. "--decay-norm-and-bias" to repro
 
 cd "$(dirname "$0")/.."
 source scripts/lib/recipe.sh
+# torchrun restarts (--max-restarts, elastic jobs) need the workers' own store (pytorch/pytorch#135712).
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
 recipe_overrides HEAD:head WIDTH_FACTOR:width-factor TARGET_DIM:target-dim LOSS:loss BATCH_SIZE:batch-size \
   OPTIMIZER:optimizer LR:lr WD:wd EPOCHS:epochs WARMUP:warmup LOGIT_SCALE:logit-scale LOGIT_BIAS:logit-bias \
   PRECISION:precision SEED:seed SAVE_EVERY:save-every VAL_EVERY:val-every

@@ -18,6 +18,8 @@ EXTRA_ARGS=${EXTRA_ARGS:-}                          # e.g. "--mixed-batches --gr
 
 cd "$(dirname "$0")/.."
 source scripts/lib/recipe.sh
+# torchrun restarts (--max-restarts, elastic jobs) need the workers' own store (pytorch/pytorch#135712).
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
 # MODEL (hub id or local dir), SUBSETS (space-separated), QUERY_CHUNK / TARGET_CHUNK (GradCache rows per forward;
 # lower them if out of memory), and the rest as named:
 recipe_overrides MODEL:model SPLIT:split NUM_SAMPLE_PER_SUBSET:num-sample-per-subset BATCH_SIZE:batch-size \

@@ -25,6 +25,7 @@ from core.loop import TrainingError, TrainingLoop, TrainTask
 from core.losses import LossOutput, info_nce_loss
 from core.optim import build_optimizer, param_groups
 from core.precision import DTYPES, PRECISIONS, Precision
+from core.preemption import ignore_preemption_signals
 from core.schedule import cosine_schedule, warmup_steps_from
 from vlm2vec.adapters import FAMILIES
 from vlm2vec.config import TUNING, TrainConfig
@@ -209,7 +210,13 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         rank=rank,
     )
     collate = ContrastiveCollator(model.preparer, cfg.query_chunk_size, cfg.target_chunk_size)
-    loader = DataLoader(data, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers)
+    loader = DataLoader(
+        data,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=cfg.num_workers,
+        worker_init_fn=ignore_preemption_signals,
+    )
     task = ContrastiveTask(cfg, model, iter(loader), device, world, group, sampler.steps_per_epoch)
     if rank == 0:
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
