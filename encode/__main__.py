@@ -1,9 +1,17 @@
 """``python -m encode image|text``: encode a dataset with a frozen backbone into an HDF5 feature store.
 
-Bad input (unknown input type, missing columns, empty input, an existing output without --resume/--overwrite,
-a resume against a store of other settings, an unknown model) ends with a one-line ``error:`` message and exit
-code 2, before any model is loaded where the check does not need the model, and always before anything is
-written.
+Exit codes:
+
+- 0: the store is complete (written now, or already complete with ``--resume``).
+- 2 (:data:`EXIT_BAD_INPUT`): bad input (unknown input type, missing columns, empty input, an existing output
+  without --resume/--overwrite, a resume against a store of other settings, an unknown model) or an output
+  that another process holds open (after a bounded wait): a one-line ``error:`` message, before any model is
+  loaded where the check does not need the model, and always before anything is written.
+- 74 (:data:`EXIT_WRITE_FAILED`, sysexits ``EX_IOERR``): the disk refused a write (full, over quota,
+  read-only); a one-line ``error:`` names the problem; the rows written before are intact, so after freeing
+  space the same command with ``--resume`` continues.
+- 75 (:data:`core.preemption.EXIT_PREEMPTED`): stopped by SIGTERM / SIGUSR1 after writing and flushing the batch
+  in hand; the same command with ``--resume`` continues. Under torchrun each rank exits so.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from pathlib import Path
 from core.argtypes import non_negative_int, positive_int
 from core.device import resolve_device
 from core.distributed import leave_process_group
+from core.preemption import Preempted
 from encode.inputs import (
     DEFAULT_CAPTION_COLUMN,
     DEFAULT_IMAGE_COLUMN,
@@ -25,9 +34,10 @@ from encode.inputs import (
     InputError,
     load_rows,
 )
-from encode.store import StoreError, StoreStatus, check_keys, check_output
+from encode.store import StoreError, StoreStatus, StoreWriteError, check_keys, check_output
 
 EXIT_BAD_INPUT = 2
+EXIT_WRITE_FAILED = 74
 
 EPILOG = """\
 inputs (--data):
@@ -82,7 +92,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="continue an interrupted --out from its last flushed batch (same command and --batch-size); "
         "a complete --out is left as it is",
     )
-    existing.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    existing.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out (a file that is not a readable store is moved aside to "
+        "NAME.unreadable-DATE-TIME.h5, not deleted)",
+    )
     parser.add_argument(
         "--limit", type=positive_int, metavar="N", help="encode only the first N rows of the input"
     )
@@ -165,10 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(err: BaseException | str) -> int:
+def _fail(err: BaseException | str, code: int = EXIT_BAD_INPUT, label: str = "error") -> int:
     message = " ".join(str(err).split())
-    print(f"python -m encode: error: {message}", file=sys.stderr)  # noqa: T201
-    return EXIT_BAD_INPUT
+    print(f"python -m encode: {label}: {message}", file=sys.stderr)  # noqa: T201
+    return code
 
 
 def _check_output(args: argparse.Namespace) -> StoreStatus | None:
@@ -286,11 +301,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         else:
             summary = encode_images(rows, backbone, args.out, limit=args.limit, options=options)
+    except Preempted as err:
+        return _fail(err, err.exit_code, label="stopped")
+    except StoreWriteError as err:
+        return _fail(err, EXIT_WRITE_FAILED)
     except StoreError as err:
         return _fail(err)
+    finally:
+        leave_process_group()
     if world.rank == 0:
         _report(summary, backbone.dim, args.dtype)
-    leave_process_group()
     return 0
 
 

@@ -8,6 +8,11 @@ in a one-process run, the merged store equals that run's (bit for bit on CPU wit
 
 A killed run is continued with the same command plus ``--resume``: every rank resumes its shard, and rank 0
 resumes the merge. The process group only synchronises (gloo barriers), so it works for CPU and GPU ranks.
+
+SIGTERM / SIGUSR1 (torchrun forwards its own SIGTERM to the ranks; SLURM signals every process) make each rank
+that is encoding flush its shard after the batch in hand and exit 75 (:data:`core.preemption.EXIT_PREEMPTED`)
+without waiting at the barrier; rank 0 stops a merge the same way between blocks. A rank already waiting at a
+barrier has a complete shard and simply ends. The same command with ``--resume`` continues from the shards.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from core.preemption import Preempted, PreemptionGuard
 from encode.store import FeatureStore, FeatureStoreWriter, StoreError, StoreMeta
 
 logger = logging.getLogger(__name__)
@@ -77,7 +83,8 @@ def run_sharded(
 ) -> dict[str, object]:
     """Encode this rank's rows with ``encode_shard(path, start, stop)``, then merge them on rank 0.
 
-    Returns the merged store's summary (``rows``, ``failures``, ``failed_keys``) on every rank.
+    Returns the merged store's summary (``rows``, ``failures``, ``failed_keys``) on every rank. A
+    :class:`core.preemption.Preempted` from ``encode_shard`` (its shard flushed) propagates before the barrier.
     """
     if out.exists() and not overwrite:
         # Validates the request (settings and rows must match, else StoreError) without writing anything.
@@ -103,7 +110,11 @@ def merge_shards(
     resume: bool = False,
     overwrite: bool = False,
 ) -> dict[str, object]:
-    """Concatenate the complete shards ``out.shard-r-of-K.h5`` into ``out`` in rank order; delete the shards."""
+    """Concatenate the complete shards ``out.shard-r-of-K.h5`` into ``out`` in rank order; delete the shards.
+
+    SIGTERM / SIGUSR1 stop the merge after the block in hand with :class:`core.preemption.Preempted` (``out`` is
+    flushed; ``resume=True`` continues it).
+    """
     ranges = [shard_bounds(len(keys), batch_size, rank, world_size) for rank in range(world_size)]
     shards = [
         (shard_path(out, rank, world_size), start, stop)
@@ -116,14 +127,23 @@ def merge_shards(
                 f"shard {path} (rows {start}-{stop}) is missing; rerun the same command with --resume"
             )
     writer = FeatureStoreWriter(out, meta, keys, image_keys, resume=resume, overwrite=overwrite)
-    with writer:
+    with writer, PreemptionGuard() as guard:
         for path, start, stop in shards:
             with FeatureStore(path) as shard:
                 if len(shard) != stop - start or shard.meta.differences(meta):
                     raise StoreError(
-                        f"shard {path} does not hold rows {start}-{stop} of this run; use --overwrite"
+                        f"shard {path} does not hold rows {start}-{stop} of this run (it was written with "
+                        "other settings); rerun the command that wrote it with --resume, or use another --out"
                     )
-                writer.append_from(shard, start, MERGE_BLOCK_ROWS)
+                copied = writer.append_from(
+                    shard, start, MERGE_BLOCK_ROWS, should_stop=lambda: guard.requested
+                )
+            if not copied or (guard.requested and not writer.done):
+                raise Preempted(
+                    f"{guard.received.name if guard.received else 'a stop signal'} received during the merge: "
+                    f"{writer.rows_done} of {len(keys)} rows are saved in {out}; to continue, run the same "
+                    "command with --resume"
+                )
         summary = writer.finish()
     for path, _, _ in shards:
         path.unlink()

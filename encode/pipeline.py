@@ -10,6 +10,12 @@ the store is flushed after every batch, so ``resume=True`` after a crash (``kill
 last flushed batch and — with the same ``batch_size`` — produces the same file as an uninterrupted run, bit for
 bit on CPU. Under ``torchrun`` (an initialised process group with more than one rank) the rows are split across
 ranks and merged into ``out`` (see :mod:`encode.distributed`).
+
+The loader workers are started before the store is opened, so no worker inherits its HDF5 handle (and file
+lock): after a ``kill -9`` of the main process the store can be resumed at once, while the orphaned workers are
+still exiting. SIGTERM / SIGUSR1 (:class:`core.preemption.PreemptionGuard`, main process only; the workers
+ignore both) stop the run after the batch in hand is written and flushed, with
+:class:`core.preemption.Preempted` (exit code 75 in the CLI); the same call with ``resume=True`` continues it.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from core.preemption import Preempted, PreemptionGuard, ignore_preemption_signals
 from encode import distributed
 from encode.inputs import CaptionRows, ImageRef, Rows, TarMember
 from encode.store import MAX_REPORTED_FAILURES, FeatureStoreWriter, StoreMeta, StoreStatus, complete_store
@@ -111,14 +118,21 @@ class Batch:
     errors: list[str | None]
 
 
+BatchSource = Callable[[int, int, EncodeOptions], Generator[Batch, None, None]]
+
+
 @dataclass
 class EncodeJob:
-    """What to encode: the store's meta and rows, and a source of batches for a row range."""
+    """What to encode: the store's meta and rows, and a source of batches for a row range.
+
+    ``batches(start, stop, options)`` starts any loader worker processes before it returns (so that they are
+    forked before the store is opened); closing the generator it returns stops them.
+    """
 
     meta: StoreMeta
     keys: list[str]
     image_keys: list[str] | None
-    batches: Callable[[int, int, EncodeOptions], Iterator[Batch]]
+    batches: BatchSource
 
 
 # --- images ---------------------------------------------------------------------------------------------
@@ -167,27 +181,36 @@ def collate_image_rows(items: list[tuple[Tensor | None, str | None]]) -> tuple[T
     return (torch.stack(good) if good else None), ok, [error for _, error in items]
 
 
+def _encode_image_batches(
+    loaded: Iterator[tuple[Tensor | None, Tensor, list]], backbone: ImageEncoder
+) -> Generator[Batch, None, None]:
+    """The backbone's features of each loaded batch; rows whose image failed to load stay NaN."""
+    for pixels, ok, errors in loaded:
+        features = np.full((len(ok), backbone.dim), np.nan, dtype=np.float32)
+        valid = ok.numpy()
+        if pixels is not None:
+            features[valid] = backbone.encode(pixels).numpy()
+        yield Batch(features, valid, errors)
+
+
 def image_job(rows: Rows, backbone: ImageEncoder, *, dtype: str, limit: int | None = None) -> EncodeJob:
     rows = rows.head(limit)
     meta = StoreMeta(**backbone.meta(), dtype=dtype, source=rows.source)
     dataset = ImageRowsDataset(rows.images, backbone.transform)
 
-    def batches(start: int, stop: int, options: EncodeOptions) -> Iterator[Batch]:
+    def batches(start: int, stop: int, options: EncodeOptions) -> Generator[Batch, None, None]:
+        workers = options.num_workers
         loader = DataLoader(
             dataset,
             batch_size=options.batch_size,
             sampler=range(start, stop),
-            num_workers=options.num_workers,
+            num_workers=workers,
             collate_fn=collate_image_rows,
             pin_memory=torch.device(getattr(backbone, "device", "cpu")).type == "cuda",
-            prefetch_factor=4 if options.num_workers > 0 else None,
+            prefetch_factor=4 if workers > 0 else None,
+            worker_init_fn=ignore_preemption_signals if workers > 0 else None,
         )
-        for pixels, ok, errors in loader:
-            features = np.full((len(ok), backbone.dim), np.nan, dtype=np.float32)
-            valid = ok.numpy()
-            if pixels is not None:
-                features[valid] = backbone.encode(pixels).numpy()
-            yield Batch(features, valid, errors)
+        return _encode_image_batches(iter(loader), backbone)  # iter() forks the workers now
 
     return EncodeJob(meta, rows.keys, None, batches)
 
@@ -214,7 +237,7 @@ def text_job(
     captions = captions.head(limit)
     meta = StoreMeta(**backbone.meta(), dtype=dtype, source=source, caption_column=captions.column)
 
-    def batches(start: int, stop: int, options: EncodeOptions) -> Iterator[Batch]:
+    def batches(start: int, stop: int, options: EncodeOptions) -> Generator[Batch, None, None]:
         for first in range(start, stop, options.batch_size):
             texts = captions.texts[first : min(first + options.batch_size, stop)]
             valid = np.array([bool(t.strip()) for t in texts], dtype=bool)
@@ -294,25 +317,58 @@ def encode_range(
     *,
     progress: bool = True,
 ) -> EncodeSummary:
-    """Encode rows ``[start, stop)`` of ``job`` into a store of exactly those rows at ``out``."""
+    """Encode rows ``[start, stop)`` of ``job`` into a store of exactly those rows at ``out``.
+
+    The output is checked first (:meth:`FeatureStoreWriter.preflight`), then the loader workers are started,
+    and only then is the store opened. Raises :class:`core.preemption.Preempted` after flushing the batch in
+    hand when SIGTERM / SIGUSR1 arrives, and :class:`encode.store.StoreWriteError` when the disk refuses a
+    write; the store is resumable after both.
+    """
     keys = job.keys[start:stop]
     image_keys = job.image_keys[start:stop] if job.image_keys is not None else None
-    complete = _complete_store(job.meta, keys, image_keys, out, options)
-    if complete is not None:
-        return complete
-    writer = FeatureStoreWriter(
-        out,
-        job.meta,
-        keys,
-        image_keys,
-        resume=options.resume,
-        overwrite=options.overwrite,
+    status = FeatureStoreWriter.preflight(
+        out, job.meta, keys, image_keys, resume=options.resume, overwrite=options.overwrite
     )
+    if status is not None and status.complete:
+        logger.debug("%s is already complete", out)
+        return EncodeSummary.unchanged(status)
+    resumed_from = status.rows_done if status is not None else 0
+    with PreemptionGuard() as guard:
+        batches = job.batches(start + resumed_from, stop, options)
+        try:
+            writer = FeatureStoreWriter.open_checked(out, job.meta, keys, image_keys, status)
+            began = time.perf_counter()
+            finished, reasons = _write_batches(
+                job, keys, writer, batches, guard, options.progress and progress
+            )
+        finally:
+            batches.close()  # ends the loader workers
+    return EncodeSummary(
+        out,
+        **finished,
+        encoded_rows=len(keys) - resumed_from,
+        resumed_from=resumed_from,
+        seconds=time.perf_counter() - began,
+        failure_reasons=reasons,
+    )
+
+
+def _write_batches(
+    job: EncodeJob,
+    keys: Sequence[str],
+    writer: FeatureStoreWriter,
+    batches: Iterator[Batch],
+    guard: PreemptionGuard,
+    progress: bool,
+) -> tuple[dict[str, object], dict[str, str]]:
+    """Write every batch (flushed one by one), then finish the store; returns its summary and failure reasons.
+
+    Stops with Preempted after the batch in hand once ``guard`` has seen a signal.
+    """
     resumed_from = writer.rows_done
     if resumed_from:
-        logger.info("%s: resuming at row %d of %d", out, resumed_from, len(keys))
+        logger.info("%s: resuming at row %d of %d", writer.path, resumed_from, len(keys))
     reasons: dict[str, str] = {}
-    began = time.perf_counter()
     with (
         writer,
         logging_redirect_tqdm(),
@@ -320,14 +376,14 @@ def encode_range(
             total=len(keys),
             initial=resumed_from,
             unit="row",
-            desc=f"{job.meta.modality} -> {out.name}",
-            disable=not (options.progress and progress),
+            desc=f"{job.meta.modality} -> {writer.path.name}",
+            disable=not progress,
             dynamic_ncols=True,
             smoothing=0.05,
         ) as bar,
     ):
         failed_now = 0
-        for batch in job.batches(start + resumed_from, stop, options):
+        for batch in batches:
             valid = batch.valid & np.isfinite(batch.features.astype(job.meta.dtype)).all(axis=1)
             offset = writer.rows_done
             for i in np.flatnonzero(~valid):
@@ -340,12 +396,15 @@ def encode_range(
             bar.update(len(valid))
             if failed_now:
                 bar.set_postfix(failed=failed_now, refresh=False)
-        finished = writer.finish()
-    return EncodeSummary(
-        out,
-        **finished,
-        encoded_rows=len(keys) - resumed_from,
-        resumed_from=resumed_from,
-        seconds=time.perf_counter() - began,
-        failure_reasons=reasons,
+            if guard.requested and not writer.done:
+                raise Preempted(preempted_message(guard, writer))
+        return writer.finish(), reasons
+
+
+def preempted_message(guard: PreemptionGuard, writer: FeatureStoreWriter) -> str:
+    """What a run stopped by a signal says: what was saved, and how to continue."""
+    name = guard.received.name if guard.received is not None else "a stop signal"
+    return (
+        f"{name} received: {writer.rows_done} of {writer.n_rows} rows are saved in {writer.path}; "
+        "to continue, run the same command with --resume"
     )

@@ -3,18 +3,24 @@
 The tiny backbones implement the interface of ``encode.backbones`` (``transform``, ``encode``, ``dim``,
 ``meta()``) with a fixed random projection, so tests can check stored features against a direct computation.
 Inputs are built in a temp dir from real COCO-MINI images and captions (``../shared/data`` from the repo root).
+:func:`tiny_cli` is ``python -m encode`` with those backbones, for fault tests that run it in a subprocess.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import shutil
 import signal
-from collections.abc import Sequence
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from PIL import Image
@@ -37,26 +43,36 @@ class TinyTransform:
 
 
 class TinyImageBackbone:
-    """Features = flattened pixels @ a fixed random matrix. ``die_on_call=n`` SIGKILLs the process on call n."""
+    """Features = flattened pixels @ a fixed random matrix. ``die_on_call=n`` sends ``die_signal`` (SIGKILL) to
+    the process on call n; every call takes at least ``delay`` seconds (a run long enough to interrupt)."""
 
     name = "tiny-image"
     revision = "test-1"
     device = torch.device("cpu")
 
     def __init__(
-        self, dim: int = 6, size: int = 8, pooling: str = "mean", die_on_call: int | None = None
+        self,
+        dim: int = 6,
+        size: int = 8,
+        pooling: str = "mean",
+        die_on_call: int | None = None,
+        die_signal: signal.Signals = signal.SIGKILL,
+        delay: float = 0.0,
     ) -> None:
         self.dim = dim
         self.pooling = pooling
         self.transform = TinyTransform(size)
         self.weight = torch.randn(3 * size * size, dim, generator=torch.Generator().manual_seed(0))
         self.die_on_call = die_on_call
+        self.die_signal = die_signal
+        self.delay = delay
         self.calls = 0
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         if self.calls == self.die_on_call:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), self.die_signal)
+        time.sleep(self.delay)
         return pixel_values.flatten(1).float() @ self.weight
 
     def reference(self, image: Image.Image) -> np.ndarray:
@@ -76,7 +92,8 @@ class TinyImageBackbone:
 
 
 class TinyTextBackbone:
-    """Features = counts of each byte value modulo ``dim`` (exact in float32), plus the text length."""
+    """Features = counts of each byte value modulo ``dim`` (exact in float32), plus the text length; every call
+    takes at least ``delay`` seconds."""
 
     name = "tiny-text"
     revision = "test-1"
@@ -85,12 +102,14 @@ class TinyTextBackbone:
     max_length = None
     device = torch.device("cpu")
 
-    def __init__(self, dim: int = 5) -> None:
+    def __init__(self, dim: int = 5, delay: float = 0.0) -> None:
         self.dim = dim
+        self.delay = delay
         self.calls: list[list[str]] = []
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         self.calls.append(list(texts))
+        time.sleep(self.delay)
         return torch.from_numpy(np.stack([self.reference(t) for t in texts]).astype(np.float32))
 
     def reference(self, text: str) -> np.ndarray:
@@ -255,3 +274,80 @@ def distributed_rank_main(
         encode_images(load_rows(data), TinyImageBackbone(), out, options=options)
     finally:
         dist.destroy_process_group()
+
+
+def full_disk_setitem(writes: int) -> Callable[[h5py.Dataset, object, object], None]:
+    """A replacement for ``h5py.Dataset.__setitem__`` that, from the ``writes + 1``-th write of a store's
+    features on, raises what h5py raises on a full disk (OSError ENOSPC)."""
+    original = h5py.Dataset.__setitem__
+    count = 0
+
+    def setitem(self: h5py.Dataset, key: object, value: object) -> None:
+        nonlocal count
+        if self.name == "/features":
+            count += 1
+            if count > writes:
+                raise OSError(
+                    errno.ENOSPC,
+                    "Can't synchronously write data (file write failed: errno = 28, "
+                    "error message = 'No space left on device')",
+                )
+        original(self, key, value)
+
+    return setitem
+
+
+def tiny_cli(argv: Sequence[str]) -> int:
+    """``python -m encode`` (``encode.__main__.main``) with the tiny backbones in place of any model.
+
+    Environment: ``TINY_DELAY`` seconds spent in every forward; ``TINY_FULL_DISK_AFTER=N`` makes the disk "full"
+    after N feature writes (:func:`full_disk_setitem`).
+    """
+    import encode.__main__ as cli
+
+    delay = float(os.environ.get("TINY_DELAY", "0"))
+
+    def load_backbone(args, device: str) -> TinyImageBackbone | TinyTextBackbone:
+        return TinyTextBackbone(delay=delay) if args.modality == "text" else TinyImageBackbone(delay=delay)
+
+    cli.load_backbone = load_backbone
+    if "TINY_FULL_DISK_AFTER" in os.environ:
+        h5py.Dataset.__setitem__ = full_disk_setitem(int(os.environ["TINY_FULL_DISK_AFTER"]))
+    return cli.main(list(argv))
+
+
+# A script running :func:`tiny_cli` on its arguments; with ``TINY_RC_DIR`` set it also writes its exit code to
+# ``rank-{RANK}.rc`` there (torchrun does not report the ranks' codes when it is stopped by a signal).
+TINY_CLI_SCRIPT = f"""import os, sys
+sys.path.insert(0, {str(ROOT)!r})
+from tests.encode_pipeline_helpers import tiny_cli
+code = tiny_cli(sys.argv[1:])
+if os.environ.get("TINY_RC_DIR"):
+    with open(os.path.join(os.environ["TINY_RC_DIR"], "rank-" + os.environ.get("RANK", "0") + ".rc"), "w") as f:
+        f.write(str(code))
+sys.exit(code)
+"""
+
+
+def hold_open(path: Path, mode: str = "r+", seconds: float | None = None) -> subprocess.Popen:
+    """Another process that opens ``path`` with h5py (taking its HDF5 file lock) and closes it after ``seconds``,
+    or, when None, once its stdin is closed; returns once the file is open."""
+    wait = f"time.sleep({seconds})" if seconds is not None else "sys.stdin.read()"
+    script = (
+        f"import h5py, sys, time\nf = h5py.File({str(path)!r}, {mode!r})\nprint('open', flush=True)\n"
+        f"{wait}\nf.close()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    line = proc.stdout.readline().strip()
+    if line != "open":
+        proc.kill()
+        raise RuntimeError(f"could not open {path} in another process: {line!r}")
+    return proc
+
+
+def release(proc: subprocess.Popen) -> None:
+    """Let a :func:`hold_open` process close the file and exit."""
+    proc.stdin.close()
+    proc.wait(timeout=60)

@@ -89,7 +89,7 @@ def test_help_documents_both_modes_and_the_inputs(capsys):
         ("image", ["--data", "{data}/header.csv"], "the input is empty"),
         ("image", ["--data", "{data}/bad.parquet"], "cannot read manifest"),
         ("image", ["--out", "{tmp}/missing/x.h5"], "output folder"),
-        ("image", ["--out", "{data}/m.csv"], "already exists. Pass --resume to continue it, or --overwrite"),
+        ("image", ["--out", "{data}/m.csv"], "already exists and is not a readable feature store"),
         ("image", ["--device", "warp-drive"], "is not a torch device"),
     ],
 )

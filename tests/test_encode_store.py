@@ -1,25 +1,35 @@
-"""The HDF5 feature store: round trip, crash safety, output and resume checks, refusal of incomplete stores,
+"""The HDF5 feature store: round trip, crash safety (a kill during creation, a refused write), output and resume
+checks, --overwrite of an unreadable file, a store locked by another process, refusal of incomplete stores,
 copying between stores, joins."""
 
+import errno
 import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import h5py
 import numpy as np
 import pytest
 
+import encode.store
 from encode.store import (
     FeatureStore,
     FeatureStoreWriter,
     IncompleteStoreError,
     StoreError,
+    StoreLockedError,
     StoreMeta,
+    StoreWriteError,
     check_output,
     complete_store,
+    disk_problem,
     index_of,
+    is_lock_error,
+    move_aside,
 )
+from tests.encode_pipeline_helpers import full_disk_setitem, hold_open, release
 
 IMAGE_META = StoreMeta(modality="image", model="tiny", model_revision="abc", pooling="cls", dim=4)
 
@@ -59,8 +69,11 @@ def test_round_trip_keeps_rows_keys_and_marks_failures_nan(tmp_path):
 def test_existing_output_is_never_overwritten_silently(tmp_path):
     path = tmp_path / "img.h5"
     FeatureStoreWriter(path, IMAGE_META, ["a"]).close()
-    with pytest.raises(StoreError, match="--resume.*--overwrite"):
+    with pytest.raises(
+        StoreError, match=r"an unfinished store \(0 of 1 rows written\)\. Pass --resume"
+    ) as info:
         FeatureStoreWriter(path, IMAGE_META, ["a"])
+    assert "--overwrite" not in str(info.value)  # never advise discarding unfinished work
     writer = FeatureStoreWriter(path, IMAGE_META, ["x", "y"], overwrite=True)
     writer.write(np.ones((2, 4)), np.ones(2, bool))
     writer.finish()
@@ -198,8 +211,12 @@ def test_output_checks_and_complete_store_decide_without_writing(tmp_path):
     assert complete_store(tmp_path / "none.h5", IMAGE_META, ["a"]) is None
 
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
-    with pytest.raises(StoreError, match="cannot be resumed: it is not a readable feature store"):
+    with pytest.raises(
+        StoreError, match="cannot be resumed: it is not a readable feature store.*move it aside"
+    ):
         check_output(tmp_path / "junk.h5", resume=True)
+    with pytest.raises(StoreError, match=r"already exists \(a complete store of 2 rows\)\. Pass --resume"):
+        check_output(path)
 
 
 def test_append_from_copies_another_store_from_the_resume_point(tmp_path):
@@ -219,3 +236,107 @@ def test_append_from_copies_another_store_from_the_resume_point(tmp_path):
         np.testing.assert_array_equal(store.read(2, 3), np.ones((1, 4)))
         assert np.isnan(store.read(3, 4)).all()
         np.testing.assert_array_equal(store.read(4, 5), part_features[2:])
+
+
+def test_a_kill_during_creation_leaves_no_half_made_store(tmp_path):
+    """The header is built as ``img.h5.creating``; ``img.h5`` appears only complete, so a resume just starts."""
+    path = tmp_path / "img.h5"
+    script = textwrap.dedent(
+        f"""
+        import os, signal, h5py
+        from encode.store import FeatureStoreWriter, StoreMeta
+        create = h5py.Group.create_dataset
+        def dying(self, name, *args, **kwargs):
+            if name == "keys":
+                os.kill(os.getpid(), signal.SIGKILL)
+            return create(self, name, *args, **kwargs)
+        h5py.Group.create_dataset = dying
+        meta = StoreMeta(modality="image", model="tiny", model_revision="abc", pooling="cls", dim=4)
+        FeatureStoreWriter({str(path)!r}, meta, ["a", "b"])
+        """
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True).returncode == -9
+    assert [p.name for p in tmp_path.iterdir()] == ["img.h5.creating"]
+    assert check_output(path, resume=True) is None
+    writer = FeatureStoreWriter(path, IMAGE_META, ["a", "b"], resume=True)
+    writer.write(np.ones((2, 4)), np.ones(2, bool))
+    writer.finish()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.h5"]
+
+
+def test_a_refused_write_raises_store_write_error_and_keeps_the_rows(tmp_path, monkeypatch):
+    path = tmp_path / "img.h5"
+    keys = [str(i) for i in range(6)]
+    writer = FeatureStoreWriter(path, IMAGE_META, keys)
+    with monkeypatch.context() as patch:
+        patch.setattr(h5py.Dataset, "__setitem__", full_disk_setitem(1))
+        writer.write(np.full((2, 4), 1.0), np.ones(2, bool))
+        with pytest.raises(StoreWriteError) as info, writer:
+            writer.write(np.full((2, 4), 2.0), np.ones(2, bool))
+    assert str(info.value) == (
+        f"cannot write {path}: the disk is full (no space left on device). 2 of 6 rows are saved; "
+        "free some space, then run the same command with --resume."
+    )
+    resumed = FeatureStoreWriter(path, IMAGE_META, keys, resume=True)
+    assert resumed.rows_done == 2
+    resumed.write(np.full((4, 4), 3.0), np.ones(4, bool))
+    resumed.finish()
+    np.testing.assert_array_equal(FeatureStore(path).load()[:, 0], [1, 1, 3, 3, 3, 3])
+
+
+def test_disk_problems_are_named():
+    assert disk_problem(OSError(errno.ENOSPC, "No space left on device")).startswith("the disk is full")
+    assert disk_problem(OSError("Can't write data (errno = 28, error message = 'No space left')")).startswith(
+        "the disk is full"
+    )
+    assert disk_problem(OSError(errno.EDQUOT, "Disk quota exceeded")) == "the disk quota is exceeded"
+    assert disk_problem(OSError(errno.EROFS, "Read-only file system")) == "the file system is read-only"
+    assert disk_problem(OSError(errno.EIO, "x")) == "the write failed (Input/output error)"
+
+
+def test_overwrite_replaces_a_store_and_moves_any_other_file_aside(tmp_path, caplog, monkeypatch):
+    path = tmp_path / "img.h5"
+    path.write_bytes(b"\x89HDF not really")
+    writer = FeatureStoreWriter(path, IMAGE_META, ["a"], overwrite=True)
+    writer.write(np.ones((1, 4)), np.ones(1, bool))
+    writer.finish()
+    (aside,) = tmp_path.glob("img.unreadable-*.h5")
+    assert aside.read_bytes() == b"\x89HDF not really"
+    assert f"moved it aside to {aside}" in caplog.text
+    FeatureStoreWriter(path, IMAGE_META, ["b"], overwrite=True).close()  # a readable store: replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([aside.name, "img.h5"])
+    assert FeatureStore(path, allow_incomplete=True).keys.tolist() == ["b"]
+    monkeypatch.setattr(encode.store.time, "strftime", lambda fmt: "20250101-120000")
+    moved = []
+    for text in ("1", "2"):
+        (tmp_path / "x.h5").write_text(text)
+        moved.append(move_aside(tmp_path / "x.h5"))
+    assert [p.name for p in moved] == ["x.unreadable-20250101-120000.h5", "x.unreadable-20250101-120000-2.h5"]
+    assert [p.read_text() for p in moved] == ["1", "2"]  # never one over another
+
+
+def test_a_store_held_open_elsewhere_is_waited_for_then_reported(tmp_path, monkeypatch):
+    path = tmp_path / "img.h5"
+    writer = FeatureStoreWriter(path, IMAGE_META, ["a", "b"])
+    writer.write(np.ones((1, 4)), np.ones(1, bool))
+    writer.close()
+    monkeypatch.setattr(encode.store, "LOCK_WAIT_SECONDS", 0.5)
+    other = hold_open(path, "r+")
+    try:
+        for attempt in (
+            lambda: check_output(path, resume=True),
+            lambda: check_output(path, overwrite=True),
+            lambda: FeatureStore(path, allow_incomplete=True),
+            lambda: FeatureStoreWriter(path, IMAGE_META, ["a", "b"], resume=True),
+        ):
+            began = time.monotonic()
+            with pytest.raises(StoreLockedError, match="is open in another process") as info:
+                attempt()
+            assert time.monotonic() - began >= 0.5
+            assert "workers still exiting" in str(info.value) and "--overwrite" not in str(info.value)
+            assert is_lock_error(info.value.__cause__)
+    finally:
+        release(other)
+    assert check_output(path, resume=True).rows_done == 1
+    assert not is_lock_error(OSError("Unable to synchronously open file (file signature not found)"))
