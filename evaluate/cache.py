@@ -5,19 +5,42 @@ The model fingerprint hashes the model's config (architecture, checkpoint, prepr
 tensor, so a retrained head or a swapped backbone never reuses stale features. The entry key additionally hashes
 the exact inputs (image paths with size and mtime, or the texts) and the input kind, so a changed dataset or a
 different prompt set gets its own entry.
+
+The cache is an optimisation and survives what clusters do to long jobs:
+
+- *SIGKILL at any point.* An entry is written to a temporary file unique to the writing process
+  (``NAME.PID.TOKEN.HOST.tmp``), fsynced, read back and validated, renamed over ``NAME`` with
+  :func:`os.replace` and the directory fsynced, so ``NAME`` is either absent or complete, also with several
+  evaluations sharing one cache dir. Temporary files are never read; one left by a killed run is deleted the
+  next time its folder is used, once its process is gone (same host) or it is older than
+  :data:`STALE_TMP_SECONDS` (any host).
+- *Damaged entries.* Every entry carries its fingerprint, kind, inputs digest, row count and a sha256 of the
+  features in its metadata; an entry that safetensors cannot read or that disagrees with its metadata (a
+  truncated file, bytes damaged by hand, a file copied under another name) is logged as a warning naming the
+  file, renamed to ``NAME.corrupt`` and recomputed.
+- *Write failures.* A failed write (disk full, permission denied, a cache path that is a file, or a written
+  file that does not read back, e.g. a short write the filesystem did not report) leaves no temporary file
+  behind and logs one warning; the features are still returned, and the run writes no further entries (reads
+  continue).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import secrets
+import socket
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from core.fingerprint import file_stamp
@@ -26,7 +49,10 @@ from core.protocol import EmbeddingModel
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "EVALUATE_CACHE_DIR"
-CACHE_FORMAT_VERSION = "1"
+CACHE_FORMAT_VERSION = "2"
+"""Part of every entry key; version 2 entries carry the metadata that :class:`FeatureCache` validates."""
+STALE_TMP_SECONDS = 3600.0
+"""A temporary file older than this is deleted whatever process wrote it (e.g. one on another host)."""
 
 
 def default_cache_dir() -> Path:
@@ -94,10 +120,75 @@ def inputs_digest(kind: str, items: Sequence[str | os.PathLike]) -> str:
     return digest.hexdigest()[:32]
 
 
+def features_checksum(features: Tensor) -> str:
+    """sha256 over dtype, shape and raw bytes of a CPU tensor (stored in each entry's metadata)."""
+    digest = hashlib.sha256(f"{features.dtype}|{tuple(features.shape)}|".encode())
+    digest.update(features.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _fsync_path(path: Path) -> None:
+    """Flush a file's or a directory's data and entries to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir_best_effort(directory: Path) -> None:
+    """fsync a directory so a rename in it is durable; some filesystems refuse directory fsync, and entries are
+    validated when read, so a failure here is only logged."""
+    try:
+        _fsync_path(directory)
+    except OSError as error:
+        logger.debug("cannot fsync directory %s: %s", directory, error)
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as error:
+        logger.debug("cannot remove %s: %s", path, error)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
+
+
+def _tmp_is_stale(tmp: Path, host: str, now: float) -> bool:
+    """A temporary file ``NAME.PID.TOKEN.HOST.tmp`` whose writer on this host is gone, or any ``*.tmp`` older
+    than :data:`STALE_TMP_SECONDS`."""
+    _, sep, owner = tmp.name[: -len(".tmp")].partition(".safetensors.")
+    pid, _, rest = owner.partition(".")
+    _, _, owner_host = rest.partition(".")
+    if sep and pid.isdigit() and owner_host == host and not _process_alive(int(pid)):
+        return True
+    try:
+        return now - tmp.stat().st_mtime > STALE_TMP_SECONDS
+    except OSError:
+        return False
+
+
+@dataclass
+class _RunState:
+    """What one evaluation run shares between its caches (the model's and its backbones')."""
+
+    write_error: str | None = None
+    swept: set[Path] = field(default_factory=set)
+
+
 class FeatureCache:
     """Directory of safetensors files ``<fingerprint>/<kind>-<inputs digest>.safetensors``.
 
-    ``cache_dir=None`` disables caching (every call encodes).
+    ``cache_dir=None`` disables caching (every call encodes). Caches derived with :meth:`for_fingerprint` share
+    this one's run state: the folders already swept for stale temporary files and whether writing failed.
     """
 
     def __init__(self, cache_dir: str | os.PathLike | None, fingerprint: str) -> None:
@@ -105,10 +196,18 @@ class FeatureCache:
         self.fingerprint = fingerprint
         self.hits = 0
         self.misses = 0
+        self._state = _RunState()
+
+    @property
+    def write_error(self) -> str | None:
+        """Why writing failed in this run (no further entries are written), or None."""
+        return self._state.write_error
 
     def for_fingerprint(self, fingerprint: str) -> FeatureCache:
         """A cache in the same directory for another fingerprint (e.g. a model's frozen backbone)."""
-        return FeatureCache(None if self.root is None else self.root.parent, fingerprint)
+        other = FeatureCache(None if self.root is None else self.root.parent, fingerprint)
+        other._state = self._state
+        return other
 
     def path(self, kind: str, items: Sequence[str | os.PathLike]) -> Path | None:
         if self.root is None:
@@ -120,26 +219,122 @@ class FeatureCache:
     ) -> Tensor:
         """Cached features for ``items`` (one row each) or ``compute()`` them and store them atomically."""
         path = self.path(kind, items)
-        if path is not None and path.is_file():
-            features = load_file(str(path))["features"]
-            if features.shape[0] == len(items):
+        if path is not None:
+            self._sweep(path.parent)
+            features = self._load(path, kind, len(items))
+            if features is not None:
                 self.hits += 1
                 logger.info("feature cache hit: %s", path)
                 return features
-            logger.warning(
-                "ignoring cache entry %s with %d rows (expected %d)", path, features.shape[0], len(items)
-            )
         self.misses += 1
         features = compute().detach().float().cpu().contiguous()
         if features.shape[0] != len(items):
             raise RuntimeError(f"encoder returned {features.shape[0]} rows for {len(items)} inputs ({kind})")
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            save_file(
-                {"features": features},
-                str(tmp),
-                metadata={"fingerprint": self.fingerprint, "kind": kind, "rows": str(len(items))},
-            )
-            os.replace(tmp, path)
+            self._store(path, kind, features)
         return features
+
+    def _sweep(self, root: Path) -> None:
+        """Delete stale temporary files of killed writers in ``root``, once per folder and run."""
+        if root in self._state.swept:
+            return
+        self._state.swept.add(root)
+        try:
+            candidates = list(root.glob("*.tmp"))
+        except OSError:
+            return
+        host, now = socket.gethostname(), time.time()
+        for tmp in candidates:
+            if _tmp_is_stale(tmp, host, now):
+                logger.info("removing temporary file of an interrupted cache write: %s", tmp)
+                _remove_quietly(tmp)
+
+    def _load(self, path: Path, kind: str, rows: int) -> Tensor | None:
+        """The entry's features, or None when absent, unreadable or damaged (damaged ones are moved aside)."""
+        try:
+            features, problem = self._read_entry(path, kind, path.stem, rows)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as error:
+            logger.warning("cannot read feature cache entry %s (%s); computing the features", path, error)
+            return None
+        if problem is not None:
+            self._quarantine(path, problem)
+            return None
+        return features
+
+    def _read_entry(self, path: Path, kind: str, key: str, rows: int) -> tuple[Tensor | None, str | None]:
+        """``(features, None)`` for a valid entry, ``(None, what is wrong)`` for a damaged one; raises OSError
+        when the file cannot be opened."""
+        try:
+            with safe_open(str(path), framework="pt") as entry:
+                metadata = entry.metadata() or {}
+                keys = set(entry.keys())
+                if keys != {"features"}:
+                    return None, f"holds tensors {sorted(keys)} instead of 'features'"
+                features = entry.get_tensor("features")
+        except SafetensorError as error:
+            return None, f"not a readable safetensors file: {error}"
+        expected = {"fingerprint": self.fingerprint, "kind": kind, "key": key, "rows": str(rows)}
+        for name, value in expected.items():
+            if metadata.get(name) != value:
+                return None, f"metadata {name}={metadata.get(name)!r}, expected {value!r}"
+        if features.dtype != torch.float32 or features.ndim < 1 or features.shape[0] != rows:
+            return (
+                None,
+                f"features {features.dtype} {tuple(features.shape)}, expected float32 with {rows} rows",
+            )
+        if metadata.get("sha256") != features_checksum(features):
+            return None, "features do not match their sha256"
+        return features, None
+
+    def _quarantine(self, path: Path, problem: str) -> None:
+        """Log a damaged entry and rename it to ``NAME.corrupt`` (kept for inspection) so it is recomputed."""
+        aside = path.with_name(path.name + ".corrupt")
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:
+            return  # another process moved or replaced it meanwhile
+        except OSError as error:
+            logger.warning(
+                "damaged feature cache entry %s (%s); cannot move it aside (%s); recomputing",
+                path,
+                problem,
+                error,
+            )
+            return
+        logger.warning("damaged feature cache entry %s (%s); moved to %s, recomputing", path, problem, aside)
+
+    def _store(self, path: Path, kind: str, features: Tensor) -> None:
+        """Write an entry atomically and durably; on failure log once, clean up and stop writing this run."""
+        if self._state.write_error is not None:
+            return
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.{socket.gethostname()}.tmp")
+        metadata = {
+            "fingerprint": self.fingerprint,
+            "kind": kind,
+            "key": path.stem,
+            "rows": str(features.shape[0]),
+            "sha256": features_checksum(features),
+        }
+        try:
+            if not path.parent.is_dir():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _fsync_dir_best_effort(path.parent.parent)
+            save_file({"features": features}, str(tmp), metadata=metadata)
+            _fsync_path(tmp)
+            _, problem = self._read_entry(tmp, kind, path.stem, features.shape[0])
+            if problem is not None:
+                raise OSError(errno.EIO, f"the written entry does not read back: {problem}")
+            os.replace(tmp, path)
+        except (OSError, SafetensorError) as error:
+            _remove_quietly(tmp)
+            self._state.write_error = str(error)
+            logger.warning(
+                "feature cache: cannot write %s: %s; the evaluation continues, and this run writes no further "
+                "cache entries",
+                path,
+                self._state.write_error,
+            )
+            return
+        _fsync_dir_best_effort(path.parent)

@@ -111,12 +111,19 @@ def _align_checkpoint(directory, seed: int, image_revision: str = "r1"):
     return AlignedModel(AlignmentHead(head_config), config).save_pretrained(directory)
 
 
+def _training_checkpoint(directory, seed: int):
+    """An align export plus the trainer state a training run's ``checkpoints/step_N`` holds (complete)."""
+    path = _align_checkpoint(directory, seed)
+    torch.save({}, path / "trainer_state.pt")
+    return path
+
+
 def test_align_runs_resolve_to_the_latest_step_and_head_or_backbone_changes_change_the_fingerprint(tmp_path):
     from align import AlignedModel
     from evaluate.models import load_model
 
-    old = _align_checkpoint(tmp_path / "run" / "checkpoints" / "step_5", seed=0)
-    new = _align_checkpoint(tmp_path / "run" / "checkpoints" / "step_10", seed=1)
+    old = _training_checkpoint(tmp_path / "run" / "checkpoints" / "step_5", seed=0)
+    new = _training_checkpoint(tmp_path / "run" / "checkpoints" / "step_10", seed=1)
     model = load_model(str(tmp_path / "run"))  # a training output dir -> its newest checkpoint
     assert isinstance(model, AlignedModel)
     assert model_fingerprint(model) == model_fingerprint(load_model(str(new)))
