@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from core.metrics import KNN_KS, KNN_TEMPERATURE
+from core.metrics import KNN_KS, KNN_TEMPERATURE, TIES
 from core.protocol import CapabilityError, EmbeddingModel, InterleavedModel, check_capabilities
 from evaluate import datasets as D
 from evaluate import tasks
@@ -76,6 +76,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _ties(parser: argparse.ArgumentParser, task: str, reference: str) -> None:
+    parser.add_argument(
+        "--ties",
+        choices=TIES,
+        default=tasks.DEFAULT_TIES[task],
+        help="score of a positive tied with a negative at the cut-off: the positive wins (optimistic), loses "
+        "(pessimistic) or gets the expected credit of a random tie-break (expected); default "
+        f"{tasks.DEFAULT_TIES[task]}, as {reference} (docs/evaluate.md, Ties)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m evaluate",
@@ -112,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="prompt templates with '{}', one per line (default: open_clip's 80 OPENAI_IMAGENET_TEMPLATES)",
     )
+    _ties(p, "zeroshot", "CLIP_benchmark's torch.topk order")
 
     p = sub.add_parser(
         "retrieval",
@@ -124,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--split", default=None, help="COCO: val2017 (default) / Karpathy: test (default), val, train"
     )
+    _ties(p, "retrieval", "CLIP_benchmark's torch.topk order")
 
     for name, layout, text in (
         ("winoground", "WINOGROUND_LAYOUT", "Winoground text/image/group scores"),
@@ -151,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="MMEB datasets to score (default: every one of the 36 present under --data)",
     )
+    _ties(p, "mmeb", "VLM2Vec's argmax with the positive first")
 
     p = sub.add_parser(
         "knn",
@@ -165,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--temperature", type=float, default=KNN_TEMPERATURE, help="vote temperature (default 0.07)"
     )
+    _ties(p, "knn", "DINO's torch.sort order")
 
     p = sub.add_parser("report", help="join result JSONs into one markdown table")
     p.add_argument("results", nargs="+", type=Path, help="result JSON files written by the tasks")
@@ -234,14 +249,14 @@ def prepare(args: argparse.Namespace) -> tuple[Runner, dict, tuple[str, ...]]:
     if args.task == "zeroshot":
         data, classnames, templates, name = _zeroshot_inputs(args)
         return (
-            lambda m, enc: tasks.zeroshot(m, data, classnames, templates, enc),
+            lambda m, enc: tasks.zeroshot(m, data, classnames, templates, enc, args.ties),
             {"name": name, "path": str(args.data), "root": str(data.root)},
             ("encode_image", "encode_text"),
         )
     if args.task == "retrieval":
         data = load_retrieval(args.data, args.image_root, args.split)
         return (
-            lambda m, enc: tasks.retrieval(m, data, enc),
+            lambda m, enc: tasks.retrieval(m, data, enc, ties=args.ties),
             {"name": args.name or data.name, "path": str(args.data), "split": data.split},
             needs,
         )
@@ -262,14 +277,14 @@ def prepare(args: argparse.Namespace) -> tuple[Runner, dict, tuple[str, ...]]:
     if args.task == "mmeb":
         subsets = load_mmeb(args.data, _mmeb_subsets(args), args.image_root)
         return (
-            lambda m, enc: tasks.mmeb(m, subsets, enc),
+            lambda m, enc: tasks.mmeb(m, subsets, enc, args.ties),
             {"name": args.name or "mmeb", "path": str(args.data), "subsets": [s.name for s in subsets]},
             (),
         )
     if args.task == "knn":
         train, val = load_knn_splits(args.data)
         return (
-            lambda m, enc: tasks.knn(m, train, val, enc, args.k, args.temperature),
+            lambda m, enc: tasks.knn(m, train, val, enc, args.k, args.temperature, args.ties),
             {"name": args.name or Path(args.data).name, "path": str(args.data)},
             ("encode_image",),
         )
@@ -304,6 +319,7 @@ def run(args: argparse.Namespace) -> EvalResult:
             "cache_misses": enc.cache.misses,
         },
         details=outcome.details,
+        ties=outcome.ties,
     )
     output = args.output or Path("eval_results") / f"{args.task}_{dataset['name']}_{fingerprint[:12]}.json"
     result.save(output)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from evaluate.references import REFERENCE_RESULTS
 
-RESULT_FORMAT_VERSION = 1
+RESULT_FORMAT_VERSION = 2  # 2: adds ``ties`` (format-1 files load with ``ties == {}``)
 
 # Columns shown by `report` for each task (others stay in the JSON).
 HEADLINE_METRICS = {
@@ -33,6 +33,8 @@ class EvalResult:
     counts: dict[str, int]
     settings: dict = field(default_factory=dict)
     details: dict = field(default_factory=dict)
+    # {"rule": tie rule, "tied": {metric: number of queries the rule decided}} (docs/evaluate.md, "Ties")
+    ties: dict = field(default_factory=dict)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     format_version: int = RESULT_FORMAT_VERSION
 
@@ -54,9 +56,12 @@ class EvalResult:
 
 
 def metrics_table(result: EvalResult) -> str:
-    """Two-column markdown table of every metric of one run (printed by the CLI)."""
-    lines = [f"| {result.task} on {result.dataset.get('name', '?')} | value |", "|---|---:|"]
+    """Two-column markdown table of every metric of one run (printed by the CLI): the tie rule in the header,
+    and ``tied METRIC`` rows for the metrics where the rule decided some queries."""
+    rule = f" (ties: {result.ties['rule']})" if result.ties.get("rule") else ""
+    lines = [f"| {result.task} on {result.dataset.get('name', '?')}{rule} | value |", "|---|---:|"]
     lines += [f"| {name} | {value:.2f} |" for name, value in result.metrics.items()]
+    lines += [f"| tied {name} | {value} |" for name, value in result.ties.get("tied", {}).items() if value]
     lines += [f"| n {name} | {value} |" for name, value in result.counts.items()]
     return "\n".join(lines)
 

@@ -1,10 +1,10 @@
-"""The six evaluation tasks: each scores a protocol model on already-validated data and returns
-``(metrics, counts, extra)``; the CLI wraps them into result files."""
+"""The six evaluation tasks: each scores a protocol model on already-validated data and returns a
+:class:`TaskResult`; the CLI wraps them into result files."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -27,12 +27,22 @@ from evaluate.references import META_TASKS, MMEB_BY_NAME
 Template = str | Callable[[str], str]
 RETRIEVAL_CHUNK = 1024  # retrieval queries scored at a time
 
+# Tie rule of each ranking task (core/metrics.py), the one its reference numbers were made with (docs/evaluate.md,
+# "Ties"): CLIP_benchmark and DINO order tied candidates by torch.topk / torch.sort, an arbitrary order whose
+# unbiased value is "expected"; VLM2Vec takes np.argmax with the positive first, so it wins its ties.
+DEFAULT_TIES = {"zeroshot": "expected", "retrieval": "expected", "mmeb": "optimistic", "knn": "expected"}
+# Fixed rules of the pairwise tasks (no --ties): strict ">" for Winoground; SAIL's / MMVP's for MMVP-VLM.
+WINOGROUND_TIES = "strict"
+MMVP_TIES = "sail"
+
 
 @dataclass
 class TaskResult:
     metrics: dict[str, float]
     counts: dict[str, int]
     details: dict
+    # {"rule": tie rule, "tied": {metric: queries the rule decided}} (EvalResult.ties)
+    ties: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -63,33 +73,49 @@ def zeroshot(
     classnames: Sequence[str],
     templates: Sequence[Template],
     enc: EncodeSettings,
+    ties: str = DEFAULT_TIES["zeroshot"],
 ) -> TaskResult:
-    """Classify each image among *all* classes; top-1/top-5 and mean per-class recall over classes with images."""
+    """Classify each image among *all* classes; top-1/top-5 and mean per-class recall over classes with images.
+    Identical class names (ImageNet's two 'missile' and 'sunglasses' classes) give identical class weights, so
+    their images always tie: ``ties`` scores them."""
+    M.check_ties(ties)
     weights = zeroshot_classifier(model, classnames, templates, enc)
     images = encode_images(model, data.images, enc.cache, enc.batch_size, enc.workers)
     logits = images @ weights.T
-    metrics = M.classification_metrics(logits, torch.tensor(data.labels), ks=(1, 5))
+    targets = torch.tensor(data.labels)
+    tie_counts = M.target_tie_counts(logits, targets)
+    metrics = M.classification_from_counts(tie_counts, targets, ks=(1, 5), ties=ties)
+    tied = tie_counts.tied_counts((1, 5), prefix="top")
+    tied["mean_per_class_recall"] = tied["top1"]
     counts = {
         "images": len(data.images),
         "classes": len(classnames),
         "classes_with_images": data.classes_with_images,
         "templates": len(templates),
     }
-    return TaskResult(metrics, counts, {})
+    return TaskResult(metrics, counts, {}, {"rule": ties, "tied": tied})
 
 
 def retrieval(
-    model: ImageTextModel, data: RetrievalData, enc: EncodeSettings, ks: Sequence[int] = (1, 5, 10)
+    model: ImageTextModel,
+    data: RetrievalData,
+    enc: EncodeSettings,
+    ks: Sequence[int] = (1, 5, 10),
+    ties: str = DEFAULT_TIES["retrieval"],
 ) -> TaskResult:
-    """Image->text (hit if any of the image's captions is in the top k) and text->image recall@k."""
+    """Image->text (hit if any of the image's captions is in the top k) and text->image recall@k; ``ties``
+    scores a positive tied at the cut-off (identical captions of different images tie exactly)."""
+    M.check_ties(ties)
     images = encode_images(model, data.images, enc.cache, enc.batch_size, enc.workers)
     texts = encode_texts(model, data.captions, enc.cache, enc.batch_size, desc="captions")
     owner = torch.tensor(data.caption_image)
-    metrics = M.image_text_retrieval(images, texts, owner, ks, chunk=RETRIEVAL_CHUNK)
+    i2t, t2i = M.image_text_tie_counts(images, texts, owner, chunk=RETRIEVAL_CHUNK)
+    metrics = i2t.recall(ks, ties, prefix="i2t_R@") | t2i.recall(ks, ties, prefix="t2i_R@")
     metrics["mean_recall"] = sum(metrics.values()) / len(metrics)
+    tied = i2t.tied_counts(ks, prefix="i2t_R@") | t2i.tied_counts(ks, prefix="t2i_R@")
     per_image = torch.bincount(owner, minlength=len(data.images)).tolist()
     counts = {"images": len(data.images), "captions": len(data.captions)}
-    return TaskResult(metrics, counts, {"captions_per_image": per_image})
+    return TaskResult(metrics, counts, {"captions_per_image": per_image}, {"rule": ties, "tied": tied})
 
 
 def winoground(model: ImageTextModel, data: WinogroundData, enc: EncodeSettings) -> TaskResult:
@@ -103,8 +129,9 @@ def winoground(model: ImageTextModel, data: WinogroundData, enc: EncodeSettings)
     def sim(a: Tensor, b: Tensor) -> Tensor:
         return (a.double() * b.double()).sum(dim=1)
 
-    metrics = M.winoground_scores(sim(c0, i0), sim(c0, i1), sim(c1, i0), sim(c1, i1))
-    return TaskResult(metrics, {"examples": n}, {})
+    scores = (sim(c0, i0), sim(c0, i1), sim(c1, i0), sim(c1, i1))
+    ties = {"rule": WINOGROUND_TIES, "tied": M.winoground_tied(*scores)}
+    return TaskResult(M.winoground_scores(*scores), {"examples": n}, {}, ties)
 
 
 def mmvp(model: ImageTextModel, data: MMVPData, enc: EncodeSettings) -> TaskResult:
@@ -119,16 +146,30 @@ def mmvp(model: ImageTextModel, data: MMVPData, enc: EncodeSettings) -> TaskResu
     def sim(a: Tensor, b: Tensor) -> Tensor:
         return (a.double() * b.double()).sum(dim=1)
 
-    correct = M.mmvp_pair_correct(sim(t0, i0), sim(t0, i1), sim(t1, i0), sim(t1, i1))
-    metrics = M.mmvp_scores(correct, data.categories)
-    return TaskResult(metrics, {"pairs": n, "categories": len(set(data.categories))}, {})
+    scores = (sim(t0, i0), sim(t0, i1), sim(t1, i0), sim(t1, i1))
+    metrics = M.mmvp_scores(M.mmvp_pair_correct(*scores), data.categories)
+    tied_pairs = M.mmvp_pair_tied(*scores).tolist()
+    tied = {category: 0 for category in metrics}
+    for category, is_tied in zip(data.categories, tied_pairs, strict=True):
+        tied[category] += int(is_tied)
+    tied["average"] = sum(tied_pairs)
+    counts = {"pairs": n, "categories": len(set(data.categories))}
+    return TaskResult(metrics, counts, {}, {"rule": MMVP_TIES, "tied": tied})
 
 
-def mmeb(model: EmbeddingModel, subsets: Sequence[MMEBSubset], enc: EncodeSettings) -> TaskResult:
-    """Precision@1 per subset (positive = candidate 0, ties are misses), averaged per meta-task, IND, OOD and
-    overall (unweighted means over the datasets present)."""
+def mmeb(
+    model: EmbeddingModel,
+    subsets: Sequence[MMEBSubset],
+    enc: EncodeSettings,
+    ties: str = DEFAULT_TIES["mmeb"],
+) -> TaskResult:
+    """Precision@1 per subset (positive = candidate 0; ``ties`` scores a negative equal to it, by default
+    VLM2Vec's argmax, which the positive wins), averaged per meta-task, IND, OOD and overall (unweighted means
+    over the datasets present). Tie counts are per dataset."""
+    M.check_ties(ties)
     per_dataset: dict[str, float] = {}
     counts: dict[str, int] = {}
+    tied: dict[str, int] = {}
     for subset in subsets:
         queries = encode_interleaved(
             model,
@@ -148,10 +189,17 @@ def mmeb(model: EmbeddingModel, subsets: Sequence[MMEBSubset], enc: EncodeSettin
             model, list(unique), enc.cache, enc.batch_size, desc=f"{subset.name} targets"
         )
         scores = [queries[i].double() @ targets[torch.tensor(row)].double().T for i, row in enumerate(rows)]
-        per_dataset[subset.name] = M.precision_at_1(scores)
+        tie_counts = M.first_candidate_tie_counts(scores)
+        per_dataset[subset.name] = 100.0 * float(tie_counts.hits(1, ties).mean())
+        tied[subset.name] = int(tie_counts.tied(1).sum())
         counts[subset.name] = len(rows)
     metrics = aggregate_mmeb(per_dataset)
-    return TaskResult(metrics, counts | {"datasets": len(per_dataset)}, {"per_dataset": per_dataset})
+    return TaskResult(
+        metrics,
+        counts | {"datasets": len(per_dataset)},
+        {"per_dataset": per_dataset},
+        {"rule": ties, "tied": tied},
+    )
 
 
 def aggregate_mmeb(per_dataset: dict[str, float]) -> dict[str, float]:
@@ -179,13 +227,21 @@ def knn(
     enc: EncodeSettings,
     ks: Sequence[int] = M.KNN_KS,
     temperature: float = M.KNN_TEMPERATURE,
+    ties: str = DEFAULT_TIES["knn"],
 ) -> TaskResult:
+    """DINO's weighted kNN top-1 / top-5 for each k; ``ties`` scores a target tied in the class vote (a target
+    no neighbour voted for ties with every other unvoted class)."""
+    M.check_ties(ties)
     train_emb = encode_images(
         model, train.images, enc.cache, enc.batch_size, enc.workers, desc="train images"
     )
     val_emb = encode_images(model, val.images, enc.cache, enc.batch_size, enc.workers, desc="val images")
-    metrics = M.knn_accuracy(
+    tie_counts = M.knn_tie_counts(
         train_emb, train.labels, val_emb, val.labels, ks, temperature, len(train.classes)
     )
+    metrics = M.knn_from_counts(tie_counts, ties)
+    tied: dict[str, int] = {}
+    for k, c in tie_counts.items():
+        tied |= c.tied_counts((1, 5), prefix=f"k{k}_top")
     counts = {"train_images": len(train.images), "val_images": len(val.images), "classes": len(train.classes)}
-    return TaskResult(metrics, counts, {"temperature": temperature})
+    return TaskResult(metrics, counts, {"temperature": temperature}, {"rule": ties, "tied": tied})

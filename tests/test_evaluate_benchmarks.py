@@ -138,7 +138,7 @@ def test_mmeb_eval_layout_with_score_fusion_and_aggregation(tmp_path, monkeypatc
     save_image(images / "VisualNews_t2i" / "y.jpg", blue)
     save_image(images / "RefCOCO" / "q.jpg", green)
     inst = "<|image_1|>\nRepresent the given image for classification"
-    _write_mmeb_subset(data, "ImageNet-1K", {  # q0 right; q1 ties with a negative -> miss (P@1 = 50)
+    _write_mmeb_subset(data, "ImageNet-1K", {  # q0 right; q1's positive ties with a negative
         "qry_text": [inst, inst], "qry_img_path": ["ImageNet-1K/a.jpg", "ImageNet-1K/b.jpg"],
         "tgt_text": [["cat", "dog", "fish"], ["dog", "bird", "fish"]], "tgt_img_path": [["", "", ""]] * 2,
     })  # fmt: skip
@@ -164,11 +164,32 @@ def test_mmeb_eval_layout_with_score_fusion_and_aggregation(tmp_path, monkeypatc
     }
     model = FakeModel({red: [1, 0, 0, 0], green: [0, 1, 0, 0], blue: [0, 0, 1, 0]}, texts)
     model_dir = model.save_pretrained(tmp_path / "model")
+    # Default rule "optimistic" (VLM2Vec's np.argmax picks the first maximum, the positive): q1's tie is a hit, so
+    # ImageNet-1K is 100 and every aggregate 100 (they were 50 / 75 / 250/3 when ties always counted against the
+    # positive; those are now the values of --ties pessimistic, checked below).
     result = _run(tmp_path, ["mmeb", "--model", str(model_dir), "--data", str(data)])
     assert result.details["per_dataset"] == pytest.approx(
-        {"ImageNet-1K": 50.0, "VisualNews_t2i": 100.0, "RefCOCO": 100.0}
+        {"ImageNet-1K": 100.0, "VisualNews_t2i": 100.0, "RefCOCO": 100.0}
     )
     assert result.metrics == pytest.approx(
+        {
+            "classification": 100.0,
+            "retrieval": 100.0,
+            "grounding": 100.0,
+            "IND": 100.0,
+            "OOD": 100.0,
+            "overall": 100.0,
+        }
+    )
+    assert result.ties == {
+        "rule": "optimistic",
+        "tied": {"ImageNet-1K": 1, "VisualNews_t2i": 0, "RefCOCO": 0},
+    }
+    strict = _run(tmp_path, ["mmeb", "--model", str(model_dir), "--data", str(data), "--ties", "pessimistic"])
+    assert strict.details["per_dataset"] == pytest.approx(
+        {"ImageNet-1K": 50.0, "VisualNews_t2i": 100.0, "RefCOCO": 100.0}
+    )
+    assert strict.metrics == pytest.approx(
         {
             "classification": 50.0,
             "retrieval": 100.0,
@@ -178,6 +199,7 @@ def test_mmeb_eval_layout_with_score_fusion_and_aggregation(tmp_path, monkeypatc
             "overall": 250 / 3,
         }
     )
+    assert strict.ties["rule"] == "pessimistic" and strict.ties["tied"]["ImageNet-1K"] == 1
     assert result.counts == {"ImageNet-1K": 2, "VisualNews_t2i": 1, "RefCOCO": 1, "datasets": 3}
     assert result.dataset["subsets"] == ["ImageNet-1K", "VisualNews_t2i", "RefCOCO"]  # MMEB table order
 

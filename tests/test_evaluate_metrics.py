@@ -141,15 +141,17 @@ def test_winoground_text_image_group_by_hand():
     assert M.winoground_scores(c0_i0, c0_i1, c1_i0, c1_i1) == {"text": 50.0, "image": 50.0, "group": 25.0}
 
 
-def test_mmvp_pairs_need_both_statements_right_and_ties_miss():
+def test_mmvp_pairs_need_both_statements_right_and_a_tie_picks_image_1():
+    # SAIL's rule: a statement picks image 0 only if strictly more similar to it, so statement 0 loses a tie
+    # (pair 2) and statement 1 wins it (pair 4)
     correct = M.mmvp_pair_correct(
-        t0_i0=[0.9, 0.9, 0.5, 0.8],
-        t0_i1=[0.1, 0.1, 0.5, 0.2],
-        t1_i0=[0.2, 0.6, 0.1, 0.1],
-        t1_i1=[0.7, 0.4, 0.9, 0.9],
+        t0_i0=[0.9, 0.9, 0.5, 0.8, 0.9],
+        t0_i1=[0.1, 0.1, 0.5, 0.2, 0.1],
+        t1_i0=[0.2, 0.6, 0.1, 0.1, 0.5],
+        t1_i1=[0.7, 0.4, 0.9, 0.9, 0.5],
     )
-    assert correct.tolist() == [True, False, False, True]
-    got = M.mmvp_scores(correct, ["Color", "Color", "Color", "Texts"])
+    assert correct.tolist() == [True, False, False, True, True]
+    got = M.mmvp_scores(correct[:4], ["Color", "Color", "Color", "Texts"])
     assert got == pytest.approx({"Color": 100 / 3, "Texts": 100.0, "average": (100 / 3 + 100) / 2})
 
 
