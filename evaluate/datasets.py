@@ -1,118 +1,162 @@
-"""Readers for every benchmark layout, exactly as the public datasets ship. Each reader validates the whole
-layout (files, columns, image files) and raises :class:`LayoutError` naming the expected layout *before* any
-encoding happens; it returns plain lists of image paths and texts.
+"""Readers for every benchmark, in the layouts the public datasets are downloaded in (the accepted layouts of
+each task, one line each with the files it needs, are in :mod:`evaluate.layouts.catalog`; the format-specific
+readers in :mod:`evaluate.layouts`). Each reader validates the whole layout (files, columns, image files) and
+raises :class:`LayoutError` listing the accepted layouts *before* any encoding happens; it returns plain lists of
+image sources (paths, or images decoded from an archive or a parquet column) and texts.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+from evaluate.layouts import catalog, imagenet
+from evaluate.layouts import retrieval as retrieval_layouts
+from evaluate.layouts import winoground as winoground_layouts
+from evaluate.layouts.base import (
+    IMAGE_EXTENSIONS,
+    ImageInput,
+    LayoutError,
+    Layouts,
+    check_images_exist,
+    first_existing,
+    list_images,
+    read_lines,
+)
+from evaluate.layouts.records import ImageFolderData, MMEBSubset, MMVPData, RetrievalData, WinogroundData
+
+__all__ = [
+    "IMAGEFOLDER_LAYOUT",
+    "IMAGE_EXTENSIONS",
+    "KNN_LAYOUT",
+    "MMEB_LAYOUT",
+    "MMVP_IMAGE_DIR",
+    "MMVP_LAYOUT",
+    "MMVP_PROMPT",
+    "PHI3_IMAGE_TOKEN",
+    "RETRIEVAL_LAYOUT",
+    "WINOGROUND_LAYOUT",
+    "ImageFolderData",
+    "ImageInput",
+    "LayoutError",
+    "MMEBSubset",
+    "MMVPData",
+    "RetrievalData",
+    "WinogroundData",
+    "load_imagefolder",
+    "load_knn_splits",
+    "load_mmeb",
+    "load_mmvp",
+    "load_retrieval",
+    "load_winoground",
+]
+
+# The accepted layouts of each task as text (``--help`` shows them; every layout error ends with them).
+IMAGEFOLDER_LAYOUT = catalog.ZEROSHOT.text
+KNN_LAYOUT = catalog.KNN.text
+RETRIEVAL_LAYOUT = catalog.RETRIEVAL.text
+WINOGROUND_LAYOUT = catalog.WINOGROUND.text
+MMVP_LAYOUT = catalog.MMVP.text
+MMEB_LAYOUT = catalog.MMEB.text
 
 
-class LayoutError(ValueError):
-    """The data directory does not have the layout the task expects; the message shows that layout."""
+# ---------------------------------------------------------------------------------- ImageFolder / ImageNet val
 
 
-def _fail(problem: str, layout: str) -> LayoutError:
-    return LayoutError(f"{problem}\nExpected layout:\n{layout}")
+def _class_list(path: Path, layouts: Layouts) -> list[str]:
+    if not path.is_file():
+        raise layouts.error(f"class list {path} not found")
+    classes = read_lines(path)
+    if len(set(classes)) != len(classes):
+        raise layouts.error(f"{path} lists a class twice")
+    return classes
 
 
-def _check_images_exist(paths: Sequence[Path], layout: str) -> None:
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        shown = "\n  ".join(str(p) for p in missing[:5])
-        raise _fail(f"{len(missing)} of {len(paths)} image files are missing, e.g.:\n  {shown}", layout)
-
-
-def _read_lines(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-# --------------------------------------------------------------------------------------------------- ImageFolder
-
-IMAGEFOLDER_LAYOUT = """\
-  DATA/                      an ImageFolder root (or DATA/val/ with it), one folder per class:
-    CLASS_A/xxx.jpg          e.g. ImageNet val: n01440764/ILSVRC2012_val_00000293.JPEG
-    CLASS_B/yyy.png
-  optional DATA/wnids.txt    (or beside DATA/val) all class folders in class-index order, one per line;
-                             classes listed there but without a folder still take part in classification"""
-
-
-@dataclass
-class ImageFolderData:
-    root: Path
-    classes: list[str]  # folder name of each class index (all classes, with or without images)
-    images: list[Path]
-    labels: list[int]
-
-    @property
-    def classes_with_images(self) -> int:
-        return len(set(self.labels))
-
-
-def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+def _flat_val(
+    truth: imagenet.FlatVal, data: Path, classes_file: Path | None, layouts: Layouts
+) -> ImageFolderData:
+    """Flat val images labelled by their ground truth; class index = line of the class list, else position in
+    the ground truth's sorted wnids."""
+    if classes_file is None:
+        beside = (truth.root / "wnids.txt", truth.root.parent / "wnids.txt", data / "wnids.txt")
+        classes_file = first_existing(beside)
+    classes = truth.classes if classes_file is None else _class_list(classes_file, layouts)
+    index = {wnid: i for i, wnid in enumerate(classes)}
+    unknown = sorted(set(truth.wnids) - set(index))
+    if unknown:
+        raise layouts.error(f"{truth.source} labels images with wnids not in {classes_file}: {unknown[:5]}")
+    return ImageFolderData(
+        root=truth.root,
+        classes=classes,
+        images=truth.images,
+        labels=[index[w] for w in truth.wnids],
+        layout=truth.layout,
+    )
 
 
 def load_imagefolder(
-    data: str | Path, classes_file: str | Path | None = None, split: str | None = "val"
+    data: str | Path,
+    classes_file: str | Path | None = None,
+    split: str | None = "val",
+    *,
+    layouts: Layouts = catalog.ZEROSHOT,
 ) -> ImageFolderData:
-    """Read an ImageFolder; class index = line of ``classes_file`` (default ``wnids.txt`` beside the data)
-    or position in the sorted folder names."""
+    """Read an ImageFolder (class index = line of ``classes_file``, default ``wnids.txt`` beside the data, else
+    position in the sorted folder names), or ImageNet val as downloaded: the images flat in one folder and their
+    ground truth beside them (devkit, torchvision's ``meta.bin`` or Kaggle's ``LOC_val_solution.csv``)."""
     data = Path(data)
+    classes_path = Path(classes_file) if classes_file is not None else None
     if not data.is_dir():
-        raise _fail(f"{data} is not a directory", IMAGEFOLDER_LAYOUT)
+        raise layouts.error(f"{data} is not a directory")
     root = data / split if split and (data / split).is_dir() else data
-    if classes_file is None:
-        for candidate in (root / "wnids.txt", root.parent / "wnids.txt"):
-            if candidate.is_file():
-                classes_file = candidate
-                break
+    flat = imagenet.flat_image_dir(data, root, split)
+    if flat is not None:
+        truth = imagenet.read_flat_val(data, flat, layouts)
+        if truth is not None:
+            return _flat_val(truth, data, classes_path, layouts)
     folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if flat is not None and (flat != root or not folders):
+        raise layouts.error(
+            f"{flat} holds {len(list_images(flat))} image file(s) directly (not in class folders) and no ground truth "
+            f"was found beside it ({imagenet.GROUND_TRUTH_TXT} + {imagenet.META_MAT}, {imagenet.DEVKIT_ARCHIVE}, "
+            f"{imagenet.META_BIN} or {imagenet.KAGGLE_SOLUTION})"
+        )
     if not folders:
-        raise _fail(f"{root} has no class folders", IMAGEFOLDER_LAYOUT)
-    if classes_file is not None:
-        classes = _read_lines(Path(classes_file))
-        if len(set(classes)) != len(classes):
-            raise _fail(f"{classes_file} lists a class twice", IMAGEFOLDER_LAYOUT)
+        raise layouts.error(f"{root} has no class folders")
+    if classes_path is None:
+        classes_path = first_existing((root / "wnids.txt", root.parent / "wnids.txt"))
+    if classes_path is not None:
+        classes = _class_list(classes_path, layouts)
         unknown = sorted(set(folders) - set(classes))
         if unknown:
-            raise _fail(f"folders not listed in {classes_file}: {unknown[:5]}", IMAGEFOLDER_LAYOUT)
+            raise layouts.error(f"folders not listed in {classes_path}: {unknown[:5]}")
     else:
         classes = folders
     index = {name: i for i, name in enumerate(classes)}
     images: list[Path] = []
     labels: list[int] = []
     for folder in folders:
-        files = _list_images(root / folder)
+        files = list_images(root / folder)
         images.extend(files)
         labels.extend([index[folder]] * len(files))
     if not images:
-        raise _fail(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}", IMAGEFOLDER_LAYOUT)
+        raise layouts.error(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
     return ImageFolderData(root=root, classes=classes, images=images, labels=labels)
-
-
-KNN_LAYOUT = """\
-  DATA/train/CLASS/xxx.jpg   ImageFolder of the labelled (memory bank) images
-  DATA/val/CLASS/yyy.jpg     ImageFolder of the query images (classes must appear in train/)"""
 
 
 def load_knn_splits(data: str | Path) -> tuple[ImageFolderData, ImageFolderData]:
     """``train/`` and ``val/`` ImageFolders sharing the class index of train (or of ``DATA/wnids.txt``)."""
     data = Path(data)
     if not (data / "train").is_dir() or not (data / "val").is_dir():
-        raise _fail(f"{data} needs train/ and val/ ImageFolders", KNN_LAYOUT)
+        raise catalog.KNN.error(f"{data} needs train/ and val/ ImageFolders")
     classes_file = data / "wnids.txt" if (data / "wnids.txt").is_file() else None
-    train = load_imagefolder(data / "train", classes_file, split=None)
-    val = load_imagefolder(data / "val", classes_file, split=None)
+    train = load_imagefolder(data / "train", classes_file, split=None, layouts=catalog.KNN)
+    val = load_imagefolder(data / "val", classes_file, split=None, layouts=catalog.KNN)
     if classes_file is None:
         unknown = sorted(set(val.classes) - set(train.classes))
         if unknown:
-            raise _fail(f"val classes without a train folder: {unknown[:5]}", KNN_LAYOUT)
+            raise catalog.KNN.error(f"val classes without a train folder: {unknown[:5]}")
         index = {name: i for i, name in enumerate(train.classes)}
         val.labels = [index[val.classes[label]] for label in val.labels]
         val.classes = train.classes
@@ -121,204 +165,100 @@ def load_knn_splits(data: str | Path) -> tuple[ImageFolderData, ImageFolderData]
 
 # ----------------------------------------------------------------------------------------------------- retrieval
 
-RETRIEVAL_LAYOUT = """\
-  COCO captions:  DATA/annotations/captions_{split}.json + DATA/{split}/*.jpg  (--data DATA [--split val2017]),
-                  or --data path/to/captions_X.json --image-root IMAGE_DIR
-                  JSON: {"images": [{"id", "file_name"}...], "annotations": [{"image_id", "caption"}...]}
-  Karpathy JSON:  --data dataset_coco.json|dataset_flickr30k.json [--split test] --image-root IMAGE_DIR
-                  JSON: {"images": [{"filename", "filepath"?, "split", "sentences": [{"raw"}...]}...]}
-                  image path = IMAGE_DIR/filepath/filename (COCO) or IMAGE_DIR/filename (Flickr30k)"""
+
+def _read_json(path: Path, layouts: Layouts) -> dict:
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise layouts.error(f"{path} is not valid JSON ({error})") from error
+    if not isinstance(payload, dict) or not payload.get("images"):
+        raise layouts.error(f"{path} has no 'images' list")
+    return payload
 
 
-@dataclass
-class RetrievalData:
-    name: str
-    images: list[Path]
-    captions: list[str]
-    caption_image: list[int]  # index into images of each caption's image
-    split: str
-
-
-def _load_coco_captions(
-    payload: dict, path: Path, image_root: Path
-) -> tuple[list[Path], list[str], list[int]]:
-    images_meta = sorted(payload["images"], key=lambda im: im["id"])
-    row_of = {im["id"]: i for i, im in enumerate(images_meta)}
-    images = [image_root / im["file_name"] for im in images_meta]
-    annotations = sorted(payload["annotations"], key=lambda a: a["id"])
-    unknown = [a["image_id"] for a in annotations if a["image_id"] not in row_of]
-    if unknown:
-        raise _fail(f"{path}: captions refer to unknown image ids, e.g. {unknown[:3]}", RETRIEVAL_LAYOUT)
-    captions = [a["caption"].strip() for a in annotations]
-    caption_image = [row_of[a["image_id"]] for a in annotations]
-    return images, captions, caption_image
-
-
-def _load_karpathy(
-    payload: dict, path: Path, image_root: Path, split: str
-) -> tuple[list[Path], list[str], list[int]]:
-    images, captions, caption_image = [], [], []
-    for entry in payload["images"]:
-        entry_split = "train" if entry["split"] == "restval" and split == "train" else entry["split"]
-        if entry_split != split:
-            continue
-        images.append(image_root / entry.get("filepath", "") / entry["filename"])
-        for sentence in entry["sentences"]:
-            captions.append(sentence["raw"].strip())
-            caption_image.append(len(images) - 1)
-    if not images:
-        splits = sorted({e["split"] for e in payload["images"]})
-        raise _fail(f"{path}: no images in split {split!r} (splits present: {splits})", RETRIEVAL_LAYOUT)
-    return images, captions, caption_image
+def _retrieval_source(data: Path, split: str | None, layouts: Layouts) -> tuple[Path, str | None]:
+    """The annotation file of ``--data`` (a file, or a directory in one of the layouts) and the split so far."""
+    if data.is_file():
+        if data.suffix.lower() in (".json", ".csv"):
+            return data, split
+        raise layouts.error(f"{data} is neither a captions JSON nor a Flickr30k CSV")
+    if not data.is_dir():
+        raise layouts.error(f"{data} not found")
+    coco_split = split or "val2017"
+    coco_json = data / "annotations" / f"captions_{coco_split}.json"
+    if coco_json.is_file():
+        return coco_json, coco_split
+    if (data / retrieval_layouts.FLICKR_CSV).is_file():
+        return data / retrieval_layouts.FLICKR_CSV, split
+    karpathy = [data / name for name in retrieval_layouts.KARPATHY_JSONS if (data / name).is_file()]
+    if len(karpathy) == 1:
+        return karpathy[0], split
+    if karpathy:
+        raise layouts.error(f"{data} holds {[k.name for k in karpathy]}: pass --data one of them")
+    if (data / "annotations").is_dir():
+        raise layouts.error(f"{coco_json} not found")
+    raise layouts.error(f"{data} holds none of the annotation files of a retrieval layout")
 
 
 def load_retrieval(
     data: str | Path, image_root: str | Path | None = None, split: str | None = None
 ) -> RetrievalData:
+    """COCO captions (directory or JSON), a Karpathy JSON (COCO 2014 / Flickr30k) or the Flickr30k CSV; the
+    split defaults to val2017 (COCO captions) or test (Karpathy JSON, Flickr30k CSV)."""
+    layouts = catalog.RETRIEVAL
     data = Path(data)
-    if data.is_dir():
-        split = split or "val2017"
-        json_path = data / "annotations" / f"captions_{split}.json"
-        if not json_path.is_file():
-            raise _fail(f"{json_path} not found", RETRIEVAL_LAYOUT)
-        image_root = Path(image_root) if image_root else data / split
-    elif data.is_file() and data.suffix == ".json":
-        json_path = data
+    root = Path(image_root) if image_root else None
+    path, split = _retrieval_source(data, split, layouts)
+    if path.suffix.lower() == ".csv":
+        out = retrieval_layouts.read_flickr_csv(path, root, split or "test", layouts)
     else:
-        raise _fail(f"{data} is neither a captions JSON nor a COCO directory", RETRIEVAL_LAYOUT)
-    try:
-        payload_head = json.loads(json_path.read_text())
-    except json.JSONDecodeError as error:
-        raise _fail(f"{json_path} is not valid JSON ({error})", RETRIEVAL_LAYOUT) from error
-    images_meta = payload_head.get("images") if isinstance(payload_head, dict) else None
-    if not images_meta:
-        raise _fail(f"{json_path} has no 'images' list", RETRIEVAL_LAYOUT)
-    if "annotations" in payload_head and "file_name" in images_meta[0]:
-        if image_root is None:
-            stem = json_path.stem.removeprefix("captions_")
-            image_root = json_path.parent.parent / stem
-        split = split or json_path.stem.removeprefix("captions_")
-        try:
-            images, captions, caption_image = _load_coco_captions(payload_head, json_path, Path(image_root))
-        except KeyError as error:
-            raise _fail(
-                f"{json_path}: an image or annotation entry lacks {error}", RETRIEVAL_LAYOUT
-            ) from error
-        name = f"coco-{split}"  # not the Karpathy 5k test split that papers report as "coco"
-    elif "sentences" in images_meta[0] and "filename" in images_meta[0]:
-        if image_root is None:
-            raise _fail("a Karpathy JSON needs --image-root (the image directory)", RETRIEVAL_LAYOUT)
-        split = split or "test"
-        try:
-            images, captions, caption_image = _load_karpathy(payload_head, json_path, Path(image_root), split)
-        except KeyError as error:
-            raise _fail(f"{json_path}: an image or sentence entry lacks {error}", RETRIEVAL_LAYOUT) from error
-        dataset = payload_head.get("dataset", json_path.stem.removeprefix("dataset_"))
-        # "coco" / "flickr30k" name the papers' protocol (Karpathy test split); other splits say which
-        name = dataset if split == "test" else f"{dataset}-{split}"
-    else:
-        raise _fail(f"{json_path} is neither COCO captions nor Karpathy format", RETRIEVAL_LAYOUT)
-    if not captions:
-        raise _fail(f"{json_path}: no captions", RETRIEVAL_LAYOUT)
-    without = len(images) - len(set(caption_image))
+        payload = _read_json(path, layouts)
+        first = payload["images"][0]
+        if "annotations" in payload and "file_name" in first:
+            stem = path.stem.removeprefix("captions_")
+            if root is None:
+                root = path.parent.parent / stem
+            out = retrieval_layouts.read_coco_captions(payload, path, root, split or stem, layouts)
+        elif "sentences" in first and "filename" in first:
+            out = retrieval_layouts.read_karpathy(payload, path, root, split or "test", layouts)
+        else:
+            raise layouts.error(f"{path} is neither COCO captions nor Karpathy format")
+    if not out.captions:
+        raise layouts.error(f"{path}: no captions")
+    without = len(out.images) - len(set(out.caption_image))
     if without:
-        raise _fail(f"{json_path}: {without} images have no caption", RETRIEVAL_LAYOUT)
-    _check_images_exist(images, RETRIEVAL_LAYOUT)
-    return RetrievalData(
-        name=name, images=images, captions=captions, caption_image=caption_image, split=split
-    )
+        raise layouts.error(f"{path}: {without} images have no caption")
+    check_images_exist(out.images, layouts)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- Winoground
 
-WINOGROUND_LAYOUT = """\
-  either a `datasets` copy of facebook/winoground saved with save_to_disk (a Dataset, or a DatasetDict with a
-  'test' split), columns: id, image_0, image_1 (images), caption_0, caption_1;
-  or the original release: DATA/examples.jsonl (or DATA/data/examples.jsonl) with one JSON object per line
-  {"id", "image_0", "image_1", "caption_0", "caption_1", ...} and DATA/images/{image_0}.png"""
-
-
-@dataclass
-class WinogroundData:
-    ids: list[int]
-    captions_0: list[str]
-    captions_1: list[str]
-    images_0: list  # Paths or PIL images
-    images_1: list
-    tags: list[str] = field(default_factory=list)
-
 
 def load_winoground(data: str | Path) -> WinogroundData:
+    """facebook/winoground as downloaded: ``examples.jsonl`` + ``images.zip`` (or ``images/``), its parquet
+    files, or a ``save_to_disk`` copy."""
+    layouts = catalog.WINOGROUND
     data = Path(data)
-    if not data.is_dir():
-        raise _fail(f"{data} is not a directory", WINOGROUND_LAYOUT)
-    if (data / "dataset_info.json").is_file() or (data / "dataset_dict.json").is_file():
-        import datasets
-
-        ds = datasets.load_from_disk(str(data))
-        if isinstance(ds, datasets.DatasetDict):
-            if "test" not in ds:
-                raise _fail(f"{data}: DatasetDict without a 'test' split ({list(ds)})", WINOGROUND_LAYOUT)
-            ds = ds["test"]
-        missing = {"id", "image_0", "image_1", "caption_0", "caption_1"} - set(ds.column_names)
-        if missing:
-            raise _fail(f"{data}: missing columns {sorted(missing)}", WINOGROUND_LAYOUT)
-        return WinogroundData(
-            ids=list(ds["id"]),
-            captions_0=list(ds["caption_0"]),
-            captions_1=list(ds["caption_1"]),
-            images_0=[im.convert("RGB") for im in ds["image_0"]],
-            images_1=[im.convert("RGB") for im in ds["image_1"]],
-            tags=list(ds["collapsed_tag"]) if "collapsed_tag" in ds.column_names else [],
-        )
-    base = data if (data / "examples.jsonl").is_file() else data / "data"
-    jsonl = base / "examples.jsonl"
-    if not jsonl.is_file():
-        raise _fail(f"neither a saved dataset nor examples.jsonl in {data}", WINOGROUND_LAYOUT)
-    rows = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
-    needed = {"id", "image_0", "image_1", "caption_0", "caption_1"}
-    bad = [i for i, row in enumerate(rows) if not needed <= set(row)]
-    if bad or not rows:
-        raise _fail(
-            f"{jsonl}: rows without {sorted(needed)} (first: line {bad[0] + 1 if bad else 1})",
-            WINOGROUND_LAYOUT,
-        )
-    image_dir = base / "images"
-
-    def path(name: str) -> Path:
-        candidate = image_dir / name
-        return candidate if candidate.suffix else candidate.with_suffix(".png")
-
-    data_out = WinogroundData(
-        ids=[int(r["id"]) for r in rows],
-        captions_0=[r["caption_0"] for r in rows],
-        captions_1=[r["caption_1"] for r in rows],
-        images_0=[path(r["image_0"]) for r in rows],
-        images_1=[path(r["image_1"]) for r in rows],
-        tags=[r.get("collapsed_tag", "") for r in rows],
-    )
-    _check_images_exist(data_out.images_0 + data_out.images_1, WINOGROUND_LAYOUT)
-    return data_out
+    if not data.exists():
+        raise layouts.error(f"{data} not found")
+    if winoground_layouts.is_saved_dataset(data):
+        return winoground_layouts.read_saved(data, layouts)
+    if data.is_file() and data.suffix == ".jsonl":
+        return winoground_layouts.read_jsonl(data, layouts)
+    jsonl = winoground_layouts.find_jsonl(data) if data.is_dir() else None
+    if jsonl is not None:
+        return winoground_layouts.read_jsonl(jsonl, layouts)
+    files = winoground_layouts.find_parquet(data)
+    if files:
+        return winoground_layouts.read_parquet(files, layouts)
+    raise layouts.error(f"{data}: no saved dataset, examples.jsonl or parquet file")
 
 
 # ------------------------------------------------------------------------------------------------------ MMVP-VLM
 
-MMVP_LAYOUT = """\
-  DATA/Questions.csv                         header 'Question ID,Type,Statement'; rows 2k-1 and 2k form a pair
-  DATA/MLLM_VLM Images/{Type}/{Question ID}.jpg   the image each statement describes
-  (the layout of the MMVP/MMVP_VLM dataset repository)"""
-
 MMVP_IMAGE_DIR = "MLLM_VLM Images"
 MMVP_PROMPT = "a photo of {}"  # the prompt of MMVP's own evaluate_vlm.py
-
-
-@dataclass
-class MMVPData:
-    categories: list[str]  # one per pair
-    statements_0: list[str]
-    statements_1: list[str]
-    images_0: list[Path]
-    images_1: list[Path]
 
 
 def load_mmvp(data: str | Path) -> MMVPData:
@@ -327,19 +267,19 @@ def load_mmvp(data: str | Path) -> MMVPData:
     data = Path(data)
     csv = data / "Questions.csv"
     if not csv.is_file():
-        raise _fail(f"{csv} not found", MMVP_LAYOUT)
+        raise catalog.MMVP.error(f"{csv} not found")
     table = pd.read_csv(csv)
     table.columns = [c.strip() for c in table.columns]
     missing = {"Question ID", "Type", "Statement"} - set(table.columns)
     if missing:
-        raise _fail(f"{csv}: missing columns {sorted(missing)} (has {list(table.columns)})", MMVP_LAYOUT)
+        raise catalog.MMVP.error(f"{csv}: missing columns {sorted(missing)} (has {list(table.columns)})")
     table = table.sort_values("Question ID").reset_index(drop=True)
     if len(table) % 2 or len(table) == 0:
-        raise _fail(f"{csv}: {len(table)} statements; pairs need an even, non-zero count", MMVP_LAYOUT)
+        raise catalog.MMVP.error(f"{csv}: {len(table)} statements; pairs need an even, non-zero count")
     first, second = table.iloc[0::2].reset_index(drop=True), table.iloc[1::2].reset_index(drop=True)
     mixed = (first["Type"] != second["Type"]).to_numpy().nonzero()[0]
     if len(mixed):
-        raise _fail(f"{csv}: pair {int(mixed[0])} mixes two categories", MMVP_LAYOUT)
+        raise catalog.MMVP.error(f"{csv}: pair {int(mixed[0])} mixes two categories")
     root = data / MMVP_IMAGE_DIR
 
     def paths(part) -> list[Path]:
@@ -355,28 +295,13 @@ def load_mmvp(data: str | Path) -> MMVPData:
         images_0=paths(first),
         images_1=paths(second),
     )
-    _check_images_exist(out.images_0 + out.images_1, MMVP_LAYOUT)
+    check_images_exist(out.images_0 + out.images_1, catalog.MMVP)
     return out
 
 
 # ---------------------------------------------------------------------------------------------------------- MMEB
 
-MMEB_LAYOUT = """\
-  DATA/{subset}/test-*.parquet   one folder per MMEB-eval subset (as in TIGER-Lab/MMEB-eval), columns
-                                 qry_text, qry_img_path, tgt_text (list), tgt_img_path (list); positive first
-  DATA/eval_images/...           images (the unzipped images.zip); *_img_path are relative to it
-                                 (or pass --image-root); an empty path means a text-only input"""
-
 PHI3_IMAGE_TOKEN = "<|image_1|>"
-
-
-@dataclass
-class MMEBSubset:
-    name: str
-    query_texts: list[str]
-    query_images: list[Path | None]
-    target_texts: list[list[str]]
-    target_images: list[list[Path | None]]
 
 
 def _mmeb_text(text: object) -> str:
@@ -392,16 +317,16 @@ def load_mmeb(
     data = Path(data)
     image_root = Path(image_root) if image_root else data / "eval_images"
     if not image_root.is_dir():
-        raise _fail(f"image root {image_root} not found", MMEB_LAYOUT)
+        raise catalog.MMEB.error(f"image root {image_root} not found")
     out = []
     for name in subsets:
         files = sorted((data / name).glob("*.parquet"))
         if not files:
-            raise _fail(f"no parquet files in {data / name}", MMEB_LAYOUT)
+            raise catalog.MMEB.error(f"no parquet files in {data / name}")
         table = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
         missing = {"qry_text", "qry_img_path", "tgt_text", "tgt_img_path"} - set(table.columns)
         if missing:
-            raise _fail(f"{data / name}: missing columns {sorted(missing)}", MMEB_LAYOUT)
+            raise catalog.MMEB.error(f"{data / name}: missing columns {sorted(missing)}")
 
         def path(value: object) -> Path | None:
             return image_root / str(value) if value is not None and str(value).strip() else None
@@ -415,8 +340,8 @@ def load_mmeb(
         )
         for i, (texts, images) in enumerate(zip(subset.target_texts, subset.target_images, strict=True)):
             if len(texts) != len(images) or len(texts) < 2:
-                raise _fail(
-                    f"{name} row {i}: tgt_text and tgt_img_path need the same length >= 2", MMEB_LAYOUT
+                raise catalog.MMEB.error(
+                    f"{name} row {i}: tgt_text and tgt_img_path need the same length >= 2"
                 )
         empty_target = [
             i
@@ -424,16 +349,16 @@ def load_mmeb(
             if any(not t and p is None for t, p in zip(texts, images, strict=True))
         ]
         if empty_target:
-            raise _fail(f"{name} row {empty_target[0]}: a candidate without text and image", MMEB_LAYOUT)
+            raise catalog.MMEB.error(f"{name} row {empty_target[0]}: a candidate without text and image")
         empty = [
             i
             for i, (t, p) in enumerate(zip(subset.query_texts, subset.query_images, strict=True))
             if not t and p is None
         ]
         if empty:
-            raise _fail(f"{name} row {empty[0]}: query without text and image", MMEB_LAYOUT)
+            raise catalog.MMEB.error(f"{name} row {empty[0]}: query without text and image")
         paths = {p for p in subset.query_images if p is not None}
         paths |= {p for row in subset.target_images for p in row if p is not None}
-        _check_images_exist(sorted(paths), MMEB_LAYOUT)
+        check_images_exist(sorted(paths), catalog.MMEB)
         out.append(subset)
     return out

@@ -3,12 +3,16 @@
 Sources: VLM2Vec (Jiang et al., ICLR 2025, arXiv:2410.05160) for the MMEB datasets and splits; SAIL (Zhang et
 al., 2024, github.com/lezhang7/SAIL) README table for SAIL-L and CLIP-L. Published MMEB scores are not kept here
 until they are checked against the paper's table. Result keys are ``(task, dataset, metric)``, the same keys the
-evaluator writes, so ``python -m evaluate report --references`` can put them beside new results.
+evaluator writes, so ``python -m evaluate report --references`` can put them beside new results; it does so only
+for results of the benchmark's size (:data:`REFERENCE_BENCHMARKS`, :func:`reference_rows`): a folder named
+``winoground`` with 6 examples is not Winoground.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
 META_TASKS = ("classification", "vqa", "retrieval", "grounding")
 
@@ -89,3 +93,92 @@ REFERENCE_RESULTS: dict[str, dict[tuple[str, str, str], float]] = {
         ("mmvp", "mmvp", "average"): 20.0,
     },
 }
+
+
+@dataclass(frozen=True)
+class ReferenceBenchmark:
+    """The data the published numbers were measured on, as the result files count it."""
+
+    task: str
+    dataset: str  # the dataset name result files carry
+    size: dict[str, int] = field(hash=False)  # result ``counts`` the run must have
+    description: str = ""
+
+
+REFERENCE_BENCHMARKS: tuple[ReferenceBenchmark, ...] = (
+    ReferenceBenchmark(
+        "zeroshot",
+        "imagenet",
+        {"images": 50_000, "classes": 1000},
+        "ImageNet-1k val: 50,000 images, 1000 classes",
+    ),
+    # captions are not compared: copies of the Karpathy test split hold 25,010 or (5 per image) 25,000
+    ReferenceBenchmark("retrieval", "coco", {"images": 5000}, "COCO Karpathy 5k test: 5,000 images"),
+    ReferenceBenchmark(
+        "retrieval",
+        "flickr30k",
+        {"images": 1000, "captions": 5000},
+        "Flickr30k Karpathy 1k test: 1,000 images, 5,000 captions",
+    ),
+    ReferenceBenchmark("winoground", "winoground", {"examples": 400}, "Winoground: 400 examples"),
+    # MMVP-VLM (MMVP_VLM/Questions.csv): 9 patterns x 15 pairs, as MMVP's evaluate_vlm.py counts them
+    # (categories[num_pairs // 15]); the 150 pairs / 300 images are MMVP's MLLM benchmark, another one
+    ReferenceBenchmark(
+        "mmvp", "mmvp", {"pairs": 135, "categories": 9}, "MMVP-VLM: 135 pairs (270 images), 9 patterns"
+    ),
+)
+REFERENCE_BENCHMARK_BY_KEY = {(b.task, b.dataset): b for b in REFERENCE_BENCHMARKS}
+
+Column = tuple[str, str, str]  # (task, dataset, metric)
+
+
+class ResultLike(Protocol):
+    """What the gating reads of a result (``evaluate.results.EvalResult`` has it)."""
+
+    task: str
+    dataset: dict
+    counts: dict
+
+
+def size_mismatch(task: str, dataset: str, counts: Mapping[str, int]) -> str | None:
+    """Why the published numbers of ``(task, dataset)`` cannot stand beside a result with these counts, or None
+    (the result has the benchmark's size, or there is no reference benchmark of that name)."""
+    benchmark = REFERENCE_BENCHMARK_BY_KEY.get((task, dataset))
+    if benchmark is None:
+        return None
+    differ = [k for k, v in benchmark.size.items() if counts.get(k) != v]
+    if not differ:
+        return None
+    has = ", ".join(f"{counts.get(k, 'no')} {k}" for k in differ)
+    wants = ", ".join(f"{v} {k}" for k, v in benchmark.size.items())
+    return f"{task} {dataset}: {has}, the published numbers are for {benchmark.description or wants}"
+
+
+def _result_mismatch(result: ResultLike) -> str | None:
+    return size_mismatch(result.task, str(result.dataset.get("name", "?")), result.counts)
+
+
+def comparable_columns(results: Sequence[ResultLike], columns: Iterable[Column]) -> set[Column]:
+    """The columns beside which published numbers may stand: every result in the column has the size of the
+    benchmark the column names."""
+    bad = {(r.task, str(r.dataset.get("name", "?"))) for r in results if _result_mismatch(r) is not None}
+    return {c for c in columns if (c[0], c[1]) not in bad}
+
+
+def reference_rows(
+    results: Sequence[ResultLike], columns: Iterable[Column]
+) -> dict[str, dict[Column, float]]:
+    """The reference rows of a report: for each reference model, its published numbers in ``columns`` whose
+    results all have the benchmark's size (models with none of them are left out)."""
+    allowed = comparable_columns(results, columns)
+    rows: dict[str, dict[Column, float]] = {}
+    for label, values in REFERENCE_RESULTS.items():
+        shared = {key: value for key, value in values.items() if key in allowed}
+        if shared:
+            rows[label] = shared
+    return rows
+
+
+def withheld_references(results: Sequence[ResultLike]) -> list[str]:
+    """One line per result whose name has published numbers that were left out because its size differs."""
+    return sorted({reason for r in results if (reason := _result_mismatch(r)) is not None})
