@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from evaluate.references import REFERENCE_RESULTS
+from evaluate.references import reference_rows, withheld_references
 
 RESULT_FORMAT_VERSION = 2  # 2: adds ``ties`` (format-1 files load with ``ties == {}``)
 
@@ -83,11 +83,10 @@ def report_table(results: Sequence[EvalResult], references: bool = False) -> str
                 if key not in columns:
                     columns.append(key)
                 rows.setdefault(_model_label(result), {})[key] = result.metrics[metric]
+    withheld: list[str] = []
     if references:
-        for label, values in REFERENCE_RESULTS.items():
-            shared = {k: v for k, v in values.items() if k in columns}
-            if shared:
-                rows[label] = shared
+        rows.update(reference_rows(results, columns))
+        withheld = withheld_references(results)
     if not columns:
         raise ValueError("no metrics to report")
     header = "| model | " + " | ".join(f"{t} {d} {m}" for t, d, m in columns) + " |"
@@ -95,4 +94,7 @@ def report_table(results: Sequence[EvalResult], references: bool = False) -> str
     for label, values in rows.items():
         cells = [f"{values[c]:.2f}" if c in values else "–" for c in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if withheld:
+        lines.append("")
+        lines += [f"Published numbers left out: {reason}." for reason in withheld]
     return "\n".join(lines)

@@ -4,6 +4,7 @@ through the CLI with a model whose embeddings the test chooses."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from evaluate_helpers import (
@@ -261,20 +262,36 @@ def test_report_joins_results_beside_reference_numbers_of_the_same_protocol(tmp_
         common = ["--model", str(model), "--output", str(results[-1]), "--cache-dir", str(tmp_path / "c")]
         assert main(["retrieval", *common, *argv]) == 0
     capsys.readouterr()
-    table_path = tmp_path / "table.md"
-    assert main(["report", *map(str, results), "--references", "--output", str(table_path)]) == 0
-    table = capsys.readouterr().out
-    header = [cell.strip() for cell in table.splitlines()[0].strip("|").split("|")]
+
+    def report(*paths: Path) -> tuple[list[str], dict[str, list[str]], str]:
+        table_path = tmp_path / "table.md"
+        assert main(["report", *map(str, paths), "--references", "--output", str(table_path)]) == 0
+        table = capsys.readouterr().out
+        assert table_path.read_text().strip() == table.strip()
+        lines = [line for line in table.splitlines() if line.startswith("|")]
+        header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+        rows = {
+            line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")] for line in lines[2:]
+        }
+        return header, rows, table
+
+    header, rows, table = report(*results)
     assert header[:3] == ["model", "retrieval coco-val2017 i2t_R@1", "retrieval coco-val2017 i2t_R@5"]
     assert header.index("retrieval coco i2t_R@1") == 7
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")] for line in
-            table.splitlines()[2:]}  # fmt: skip
     # 83.33 = EXPECTED_RETRIEVAL's i2t_R@1 under the default "expected" rule (66.67 when ties counted against)
     assert rows[str(model)][1] == rows[str(model)][7] == "83.33"
+    # 3 test images are not the Karpathy 5k test: the published numbers are left out, and the report says why.
+    assert "SAIL-L (NV2), 23M pairs [SAIL README]" not in rows
+    assert "Published numbers left out: retrieval coco: 3 images" in table
+    # A result of the benchmark's size gets them, only beside the Karpathy protocol's columns.
+    full = json.loads(results[1].read_text())
+    full["counts"]["images"] = 5000
+    (tmp_path / "karpathy_5k.json").write_text(json.dumps(full))
+    _, rows, table = report(results[0], tmp_path / "karpathy_5k.json")
     sail = rows["SAIL-L (NV2), 23M pairs [SAIL README]"]
     assert sail[1] == "–" and sail[7] == "62.40"  # the published number only beside the Karpathy 5k protocol
     assert "VLM2Vec (Phi-3.5-V, full) [VLM2Vec Table 2]" not in rows  # no MMEB column, no MMEB reference row
-    assert table_path.read_text().strip() == table.strip()
+    assert "left out" not in table
 
 
 def test_retrieval_json_without_required_keys_is_a_layout_error(tmp_path, capsys):
