@@ -185,7 +185,8 @@ class _RunState:
 
 
 class FeatureCache:
-    """Directory of safetensors files ``<fingerprint>/<kind>-<inputs digest>.safetensors``.
+    """Directory of safetensors files ``<fingerprint>/<kind>-<inputs digest>.safetensors`` (one per rank's
+    shard, ``<kind>-<inputs digest>-<start>-<end>.safetensors``, in a distributed evaluation).
 
     ``cache_dir=None`` disables caching (every call encodes). Caches derived with :meth:`for_fingerprint` share
     this one's run state: the folders already swept for stale temporary files and whether writing failed.
@@ -209,27 +210,48 @@ class FeatureCache:
         other._state = self._state
         return other
 
-    def path(self, kind: str, items: Sequence[str | os.PathLike]) -> Path | None:
+    def path(
+        self, kind: str, items: Sequence[str | os.PathLike], shard: tuple[int, int] | None = None
+    ) -> Path | None:
+        """``<kind>-<digest>.safetensors``, or ``<kind>-<digest>-<start>-<end>.safetensors`` for the rows
+        ``items[start:end]`` of a sharded (distributed) encoding; the digest always covers all ``items``."""
         if self.root is None:
             return None
-        return self.root / f"{kind}-{inputs_digest(kind, items)}.safetensors"
+        suffix = "" if shard is None else f"-{shard[0]}-{shard[1]}"
+        return self.root / f"{kind}-{inputs_digest(kind, items)}{suffix}.safetensors"
 
     def get_or_compute(
-        self, kind: str, items: Sequence[str | os.PathLike], compute: Callable[[], Tensor]
+        self,
+        kind: str,
+        items: Sequence[str | os.PathLike],
+        compute: Callable[[], Tensor],
+        shard: tuple[int, int] | None = None,
     ) -> Tensor:
-        """Cached features for ``items`` (one row each) or ``compute()`` them and store them atomically."""
-        path = self.path(kind, items)
+        """Cached features for ``items`` (one row each) or ``compute()`` them and store them atomically.
+
+        With ``shard=(start, end)`` the entry holds only the rows of ``items[start:end]`` (``compute()`` returns
+        those), keyed by the digest of all ``items`` and the range, so each rank of a distributed evaluation
+        stores and reuses its own shard.
+        """
+        rows = len(items)
+        if shard is not None:
+            start, end = shard
+            if not 0 <= start <= end <= len(items):
+                raise ValueError(f"shard {shard} out of range for {len(items)} inputs")
+            rows = end - start
+        path = self.path(kind, items, shard)
         if path is not None:
             self._sweep(path.parent)
-            features = self._load(path, kind, len(items))
+            features = self._load(path, kind, rows)
             if features is not None:
                 self.hits += 1
                 logger.info("feature cache hit: %s", path)
                 return features
+            logger.info("feature cache miss: %s", path)
         self.misses += 1
         features = compute().detach().float().cpu().contiguous()
-        if features.shape[0] != len(items):
-            raise RuntimeError(f"encoder returned {features.shape[0]} rows for {len(items)} inputs ({kind})")
+        if features.shape[0] != rows:
+            raise RuntimeError(f"encoder returned {features.shape[0]} rows for {rows} inputs ({kind})")
         if path is not None:
             self._store(path, kind, features)
         return features

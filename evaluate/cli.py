@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+
+from core.distributed import init_distributed, leave_process_group
 from core.metrics import KNN_KS, KNN_TEMPERATURE, TIES
 from core.protocol import CapabilityError, EmbeddingModel, InterleavedModel, check_capabilities
 from evaluate import datasets as D
@@ -291,13 +296,52 @@ def prepare(args: argparse.Namespace) -> tuple[Runner, dict, tuple[str, ...]]:
     raise ValueError(f"unknown task {args.task!r}")
 
 
-def run(args: argparse.Namespace) -> EvalResult:
+def resolve_device(device: str) -> torch.device:
+    """``--device`` as a torch device; under torchrun a bare ``cuda`` is this process's GPU (``LOCAL_RANK``)."""
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and resolved.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if resolved.type == "cuda" and resolved.index is not None:
+        torch.cuda.set_device(resolved)
+    return resolved
+
+
+def _summed_over_ranks(values: list[int], world: int) -> list[int]:
+    """``values`` summed over the ranks of the default group (``values`` itself for one process)."""
+    if world == 1:
+        return values
+    backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    total = torch.tensor(values, dtype=torch.int64, device=backend_device)
+    dist.all_reduce(total)
+    return [int(v) for v in total.tolist()]
+
+
+def run(args: argparse.Namespace) -> EvalResult | None:
+    """Score the model and write the result; under torchrun every rank encodes its shard of the inputs and only
+    rank 0 writes the JSON and prints the table (the other ranks return None)."""
     if args.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
     if args.output is not None and args.output.is_dir():
         raise ValueError(f"--output {args.output} is a directory; give a file name ending in .json")
     runner, dataset, needs = prepare(args)
-    model = load_model(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
+    device = resolve_device(args.device)
+    rank, world, _ = init_distributed(device)
+    try:
+        return _score(args, runner, dataset, needs, device, rank, world)
+    finally:
+        leave_process_group()
+
+
+def _score(
+    args: argparse.Namespace,
+    runner: Runner,
+    dataset: dict,
+    needs: tuple[str, ...],
+    device: torch.device,
+    rank: int,
+    world: int,
+) -> EvalResult | None:
+    model = load_model(args.model, device=str(device), trust_remote_code=args.trust_remote_code)
     check_capabilities(model, needs, args.task)
     if args.task == "mmeb" and not isinstance(model, InterleavedModel):
         check_capabilities(model, ("encode_image", "encode_text"), "mmeb (score fusion of a two-tower model)")
@@ -305,19 +349,25 @@ def run(args: argparse.Namespace) -> EvalResult:
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
     enc = tasks.EncodeSettings(FeatureCache(cache_dir, fingerprint), args.batch_size, args.workers)
     outcome = runner(model, enc)
+    hits, misses = _summed_over_ranks([enc.cache.hits, enc.cache.misses], world)
+    if rank != 0:
+        return None
+    settings = {
+        "batch_size": args.batch_size,
+        "device": str(args.device),
+        "cache": str(cache_dir) if cache_dir else None,
+        "cache_hits": hits,
+        "cache_misses": misses,
+    }
+    if world > 1:
+        settings["world_size"] = world
     result = EvalResult(
         task=args.task,
         dataset=dataset,
         model={"spec": args.model, "fingerprint": fingerprint, "config": model_config(model)},
         metrics=outcome.metrics,
         counts=outcome.counts,
-        settings={
-            "batch_size": args.batch_size,
-            "device": str(args.device),
-            "cache": str(cache_dir) if cache_dir else None,
-            "cache_hits": enc.cache.hits,
-            "cache_misses": enc.cache.misses,
-        },
+        settings=settings,
         details=outcome.details,
         ties=outcome.ties,
     )
