@@ -120,3 +120,74 @@ def test_hard_negatives_and_multi_positive_enter_the_loss_by_the_formula(tmp_pat
     ref0 = _reference_loss(q, [p[:1] for p in positives], [n[:0] for n in negatives], tau)
     assert loss0.loss.item() == pytest.approx(ref0.item(), rel=1e-5)
     assert abs(loss.item() - loss0.loss.item()) > 1e-3  # the extra positives and negatives do change the loss
+
+
+def test_first_rows_or_seeded_sample(tmp_path):
+    """A cap keeps a seeded random sample (ours) or the first N rows (VLM2Vec's `split[:N]`)."""
+    root = write_tiny_mmeb_train(tmp_path / "d")
+    everything = MMEBTrainData(root, root, ["ImageNet_1K"], cap=None)
+    first = MMEBTrainData(root, root, ["ImageNet_1K"], cap=3, selection="first")
+    sampled = MMEBTrainData(root, root, ["ImageNet_1K"], cap=3, seed=1)
+    assert first.tables[0]["qry_image_path"].tolist() == everything.tables[0]["qry_image_path"].tolist()[:3]
+    assert sampled.tables[0]["qry_image_path"].tolist() != first.tables[0]["qry_image_path"].tolist()
+    with pytest.raises(MMEBDataError, match="unknown row selection"):
+        MMEBTrainData(root, root, ["ImageNet_1K"], selection="last")
+
+
+def test_blocks_of_one_subset_interleaved():
+    """`block_size` (VLM2Vec-V2's interleave_batch_size): each block of a batch comes from one subset, blocks of
+    different subsets share batches, every row at most once per epoch, deterministic."""
+    sizes = [13, 9, 20]
+    owner = np.repeat(np.arange(3), sizes)
+    sampler = MMEBBatchSampler(sizes, batch_size=6, seed=3, block_size=2, total_steps=6)
+    batches = list(sampler)
+    assert sampler.steps_per_epoch == (6 + 4 + 10) // 3
+    for batch in batches:
+        blocks = [batch[i : i + 2] for i in range(0, 6, 2)]
+        assert all(len(set(owner[block])) == 1 for block in blocks)
+    assert any(len(set(owner[b])) > 1 for b in batches)
+    epoch = [i for b in batches for i in b]
+    assert len(set(epoch)) == len(epoch)
+    assert batches == list(MMEBBatchSampler(sizes, batch_size=6, seed=3, block_size=2, total_steps=6))
+    ranks = [list(MMEBBatchSampler(sizes, 3, seed=3, block_size=3, world_size=2, rank=r)) for r in (0, 1)]
+    for b0, b1 in zip(*ranks, strict=True):
+        assert len(set(owner[b0])) == 1 and len(set(owner[b1])) == 1 and not set(b0) & set(b1)
+    with pytest.raises(MMEBDataError, match="must divide the global batch"):
+        MMEBBatchSampler(sizes, batch_size=6, block_size=4)
+    with pytest.raises(MMEBDataError, match="exclude each other"):
+        MMEBBatchSampler(sizes, batch_size=6, block_size=2, mixed=True)
+
+
+def test_dangling_image_tokens_of_text_only_inputs_are_removed(tmp_path):
+    """List cells too (several positives): only the entries without an image lose the placeholder."""
+    import pandas as pd
+
+    root = write_tiny_mmeb_train(tmp_path / "d", rows_per_subset=2)
+    table = pd.DataFrame(
+        [
+            dict(
+                qry="<|image_1|> which picture shows a red car ?\n",
+                qry_image_path="",
+                pos_text=["<|image_1|> represent the image", "<|image_1|> a red car"],
+                pos_image_path=["images/red_0.png", ""],
+                neg_text="",
+                neg_image_path="",
+            ),
+            dict(
+                qry="<|image_1|> represent the given image",
+                qry_image_path="images/green_1.png",
+                pos_text="green photo",
+                pos_image_path="",
+                neg_text="",
+                neg_image_path="",
+            ),
+        ]
+    )
+    (root / "WebQA").mkdir()
+    table.to_json(root / "WebQA" / "original.jsonl", orient="records", lines=True)  # lists beside scalars
+    data = MMEBTrainData(root, root, ["WebQA"], cap=None)
+    assert data.dangling_image_tokens == {"WebQA": 2}
+    first = data[0]
+    assert first.query.text == "which picture shows a red car ?\n" and first.query.image is None
+    assert [p.text for p in first.positives] == ["<|image_1|> represent the image", "a red car"]
+    assert data[1].query.text.startswith("<|image_1|>") and data[1].query.image is not None

@@ -3,6 +3,8 @@ pooling under any padding (alone vs batched, left vs right; batches mix image ro
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from vlm2vec_helpers import (
@@ -92,3 +94,52 @@ def test_idefics3_prompt_expands_image_tokens(base_dir):
     assert "pixel_values" not in model.prepare([text_only])
     embeddings = model.encode([red, blue])
     assert not torch.allclose(embeddings[0], embeddings[1], atol=1e-3)
+
+
+def test_prompt_format_recorded_and_old_folders_are_ours(tmp_path):
+    """Our saves record the prompt format; a folder saved before the field existed loads as ``ours``; a plain
+    folder we did not write is prompted in the ``reference`` format."""
+    base = TINY_VLMS["qwen2_vl"](tmp_path / "base")
+    assert VLM2VecModel.from_pretrained(base).config.prompt_format == "reference"
+    model = VLM2VecModel.from_backbone(str(base))
+    assert model.config.prompt_format == "ours"
+    saved = model.save_pretrained(tmp_path / "export")
+    config = json.loads((saved / "vlm2vec_config.json").read_text())
+    assert config["prompt_format"] == "ours"
+    del config["prompt_format"], config["image_size"], config["num_crops"]
+    del config["min_pixels"], config["max_pixels"]
+    (saved / "vlm2vec_config.json").write_text(json.dumps(config))
+    old = VLM2VecModel.from_pretrained(saved)
+    assert old.config.prompt_format == "ours" and old.preparer.prompt_format == "ours"
+    assert VLM2VecModel.from_pretrained(saved, prompt_format="reference").config.prompt_format == "reference"
+
+
+def test_image_settings_reach_the_processor(tmp_path):
+    """`max_pixels` bounds Qwen2-VL's image grid; `image_size` resizes first; options a family's processor does
+    not have are refused."""
+    base = TINY_VLMS["qwen2_vl"](tmp_path / "qwen")
+    image = color_image((255, 0, 0), size=112)
+    row = [EmbedInput(text="<|image_1|> what color is this ?", image=image)]
+    default = VLM2VecModel.from_backbone(str(base))
+    assert default.prepare(row)["image_grid_thw"].tolist() == [[1, 4, 4]]  # the tiny processor's 56 x 56 cap
+    larger = VLM2VecModel.from_backbone(str(base), max_pixels=112 * 112)
+    assert larger.prepare(row)["image_grid_thw"].tolist() == [[1, 8, 8]]
+    small = VLM2VecModel.from_backbone(str(base), max_pixels=112 * 112, image_size=56)
+    assert small.prepare(row)["image_grid_thw"].tolist() == [[1, 4, 4]]
+    assert small.preparer.image(image).size == (56, 56)
+    with pytest.raises(ValueError, match="num_crops cannot be set for the qwen2_vl family"):
+        VLM2VecModel.from_backbone(str(base), num_crops=4)
+    llava = TINY_VLMS["llava_next"](tmp_path / "llava")
+    with pytest.raises(ValueError, match="max_pixels cannot be set for the llava_next family"):
+        VLM2VecModel.from_backbone(str(llava), max_pixels=1000)
+    assert VLM2VecModel.from_backbone(str(llava), prompt_format="reference").config.image_size == 1344
+    assert (
+        VLM2VecModel.from_backbone(str(llava), prompt_format="reference", image_size=0).config.image_size
+        is None
+    )
+
+
+def test_truncation_keeps_a_text_that_fits_verbatim(tmp_path):
+    model = VLM2VecModel.from_backbone(str(TINY_VLMS["qwen2_vl"](tmp_path / "b")), max_text_tokens=3)
+    assert model.preparer.truncate("a red car\n") == "a red car\n"  # the newline has no token here, yet stays
+    assert model.preparer.truncate("a red car photo") == "a red car"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import (
     CLIPVisionConfig,
     Idefics3Config,
@@ -90,11 +90,25 @@ WORDS = [
 ]
 
 
-def word_tokenizer(special: list[str], eos: str, bos: str | None = None) -> PreTrainedTokenizerFast:
-    """A real fast tokenizer over `WORDS` plus `special` tokens (split on whitespace; `<pad>` is id 0)."""
-    vocab = {token: index for index, token in enumerate(["<pad>", "<unk>", *special, *WORDS])}
+def word_tokenizer(
+    special: list[str], eos: str, bos: str | None = None, newline: bool = False
+) -> PreTrainedTokenizerFast:
+    """A real fast tokenizer over `WORDS` plus `special` tokens (split on whitespace; `<pad>` is id 0).
+
+    `newline=True`: "\n" is a token of its own (as in the real Qwen2 / Llama tokenizers), so a trailing newline
+    changes the ids and the last token; otherwise all whitespace is dropped."""
+    words = [*WORDS, "\n"] if newline else WORDS
+    vocab = {token: index for index, token in enumerate(["<pad>", "<unk>", *special, *words])}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if newline:
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(r"[ \t]+"), behavior="removed"),
+                pre_tokenizers.Split("\n", behavior="isolated"),
+            ]
+        )
+    else:
+        tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     extra = [token for token in special if token not in (eos, bos)]
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
@@ -114,13 +128,14 @@ def _save_tiny_qwen_vl(
     model_class: type[PreTrainedModel],
     processor_class: type[ProcessorMixin],
     vision_config: dict[str, Any],
+    newline: bool = False,
 ) -> Path:
     """Qwen2-VL or Qwen2.5-VL (same layout): a 2-layer 32-d decoder, a 1-layer vision tower; 56x56 images -> 4
-    image tokens."""
+    image tokens. `newline`: "\n" is a token (see `word_tokenizer`)."""
     torch.manual_seed(seed)
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
     special += ["<|image_pad|>", "<|video_pad|>"]
-    tokenizer = word_tokenizer(special, eos="<|endoftext|>")
+    tokenizer = word_tokenizer(special, eos="<|endoftext|>", newline=newline)
     image_processor = Qwen2VLImageProcessor(
         min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2
     )
@@ -156,11 +171,11 @@ def _save_tiny_qwen_vl(
     return path
 
 
-def save_tiny_qwen2_vl(path: Path, dropout: float = 0.0, seed: int = 0) -> Path:
+def save_tiny_qwen2_vl(path: Path, dropout: float = 0.0, seed: int = 0, newline: bool = False) -> Path:
     """Qwen2-VL (tiny, random); see `_save_tiny_qwen_vl`."""
     vision = dict(embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2)
     return _save_tiny_qwen_vl(
-        path, dropout, seed, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor, vision
+        path, dropout, seed, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor, vision, newline
     )
 
 
@@ -197,10 +212,11 @@ def _tiny_llama(tokenizer: PreTrainedTokenizerFast, dropout: float) -> dict:
     ).to_dict()
 
 
-def save_tiny_llava_next(path: Path, dropout: float = 0.0, seed: int = 0) -> Path:
-    """LLaVA-Next with a 2-layer CLIP tower at 28 px, a 2-layer Llama decoder, anyres grid of 28/56 px."""
+def save_tiny_llava_next(path: Path, dropout: float = 0.0, seed: int = 0, newline: bool = False) -> Path:
+    """LLaVA-Next with a 2-layer CLIP tower at 28 px, a 2-layer Llama decoder, anyres grid of 28/56 px.
+    `newline`: "\n" is a token (see `word_tokenizer`)."""
     torch.manual_seed(seed)
-    tokenizer = word_tokenizer(["<s>", "</s>", "<image>"], eos="</s>", bos="<s>")
+    tokenizer = word_tokenizer(["<s>", "</s>", "<image>"], eos="</s>", bos="<s>", newline=newline)
     pinpoints = [[28, 28], [28, 56], [56, 28]]
     image_processor = LlavaNextImageProcessor(
         size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}, image_grid_pinpoints=pinpoints

@@ -11,8 +11,8 @@ from typing import ClassVar
 from core.config import LoopConfig, setting
 from core.optim import OPTIMIZERS
 from core.precision import DTYPES, PRECISIONS
-from vlm2vec.adapters import FAMILIES
-from vlm2vec.data import MMEB_TRAIN_SUBSETS, SPLITS
+from vlm2vec.adapters import FAMILIES, PROMPT_FORMATS
+from vlm2vec.data import MMEB_TRAIN_SUBSETS, SELECTIONS, SPLITS
 from vlm2vec.pooling import POOLING_MODES
 
 TUNING = ("lora", "dora", "full")
@@ -48,6 +48,23 @@ class TrainConfig(LoopConfig):
     gradient_checkpointing: bool = setting(default=False, help="recompute activations in backward")
     dtype: str = setting(default="float32", choices=sorted(DTYPES), help="weight dtype")
     merge_lora: bool = setting(default=False, help="export final/ with LoRA merged into the weights")
+    prompt_format: str = setting(
+        default="ours",
+        choices=PROMPT_FORMATS,
+        help="prompt layout: ours, or reference (TIGER-AI-Lab/VLM2Vec's, e.g. Qwen2-VL's bare <|image_pad|>)",
+    )
+    image_size: int | None = setting(
+        default=None,
+        help="resize every image to this square first (the reference: 1344 for LLaVA-Next; None: the prompt "
+        "format's default, 0: no resize)",
+    )
+    num_crops: int | None = setting(default=None, help="Phi-3.5-V processor crops (None: the processor's)")
+    min_pixels: int | None = setting(
+        default=None, help="Qwen2-VL / Qwen2.5-VL processor: fewest pixels per image (None: the processor's)"
+    )
+    max_pixels: int | None = setting(
+        default=None, help="Qwen2-VL / Qwen2.5-VL processor: most pixels per image (None: the processor's)"
+    )
     # data
     data: str = setting(help="MMEB-train root: SUBSET/SPLIT*.parquet|jsonl or save_to_disk")
     image_root: str | None = setting(
@@ -59,6 +76,16 @@ class TrainConfig(LoopConfig):
     split: str = setting(default="original", choices=SPLITS, help="MMEB-train split")
     num_sample_per_subset: int | None = setting(default=50_000, help="rows taken per subset")
     subset_caps: dict[str, int] = setting(default_factory=dict, help="rows taken for single subsets")
+    subset_selection: str = setting(
+        default="random",
+        choices=SELECTIONS,
+        help="which rows a cap keeps: a seeded random sample, or the first N (as VLM2Vec)",
+    )
+    subset_block_size: int = setting(
+        default=0,
+        help="build batches from blocks of this many rows of one subset, shuffled across subsets (VLM2Vec-V2: "
+        "64); 0 = the whole batch from one subset (or --mixed-batches)",
+    )
     mixed_batches: bool = setting(
         default=False, help="mix subsets in a batch (default: one subset per batch)"
     )

@@ -6,6 +6,9 @@ Layout per subset under `root` (the first that exists wins):
 `qry`, `qry_image_path`, `pos_text`, `pos_image_path`, `neg_text`, `neg_image_path`. Image paths are relative to
 `image_root`; an empty path means no image. `pos_*` / `neg_*` cells may hold lists (several positives, several
 hard negatives); an empty negative means none.
+
+A text-only input whose text still holds MMEB's `<|image_1|>` (WebQA's text-only queries do) has the dangling
+placeholder removed when read; the row is kept, and the count is part of the summary log line.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from core.protocol import EmbedInput
+from vlm2vec.adapters import MMEB_IMAGE_TOKEN, drop_image_token
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +54,8 @@ MMEB_TRAIN_SUBSETS = (
     "MSCOCO",
 )
 SPLITS = ("original", "diverse_instruction")
+# Which rows a cap keeps: a seeded random sample (ours) or the first N (VLM2Vec's `split[:N]` / `select(range(N))`).
+SELECTIONS = ("random", "first")
 COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path", "neg_text", "neg_image_path")
 
 
@@ -72,6 +78,57 @@ def _pairs(texts: Any, paths: Any) -> list[tuple[str, str]]:
     texts = texts if len(texts) == count else (texts or [""]) * count
     paths = paths if len(paths) == count else (paths or [""]) * count
     return [(t or "", p or "") for t, p in zip(texts, paths, strict=True) if (t or "").strip() or p]
+
+
+_TEXT_IMAGE_COLUMNS = (
+    ("qry", "qry_image_path"),
+    ("pos_text", "pos_image_path"),
+    ("neg_text", "neg_image_path"),
+)
+
+
+def _clean_cell(texts: Any, paths: Any) -> tuple[Any, int]:
+    """`texts` with the dangling `<|image_1|>` removed from the entries that have no image (a scalar cell, or a
+    list cell paired with `paths`); how many entries were cleaned."""
+    paths_list = _as_list(paths)
+    if isinstance(texts, str):
+        has_image = any(paths_list)
+        if MMEB_IMAGE_TOKEN in texts and not has_image:
+            return drop_image_token(texts), 1
+        return texts, 0
+    entries = _as_list(texts)
+    if len(paths_list) != len(entries):
+        paths_list = (paths_list or [""]) * len(entries) if len(paths_list) <= 1 else paths_list
+    cleaned, count = [], 0
+    for text, path in zip(entries, paths_list, strict=False):
+        if isinstance(text, str) and MMEB_IMAGE_TOKEN in text and not path:
+            text, count = drop_image_token(text), count + 1
+        cleaned.append(text)
+    return (cleaned if count else texts), count
+
+
+def clean_dangling_image_tokens(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """MMEB-train rows whose text-only inputs still hold `<|image_1|>` (WebQA): the placeholder removed (row
+    kept); returns the table and the number of inputs cleaned."""
+    total = 0
+    for text_column, path_column in _TEXT_IMAGE_COLUMNS:
+        if text_column not in table.columns:
+            continue
+        flagged = table[text_column].astype(str).str.contains(MMEB_IMAGE_TOKEN, regex=False)
+        if not flagged.any():
+            continue
+        if path_column in table.columns:
+            paths = table[path_column]
+        else:
+            paths = pd.Series([""] * len(table), index=table.index)
+        texts = table[text_column].copy()
+        for index in table.index[flagged.to_numpy()]:
+            value, count = _clean_cell(texts[index], paths[index])
+            if count:
+                texts.at[index] = value
+                total += count
+        table[text_column] = texts
+    return table, total
 
 
 def _read_subset(root: Path, subset: str, split: str) -> pd.DataFrame:
@@ -121,10 +178,13 @@ class MMEBTrainData(Dataset):
         use_negatives: bool = True,
         seed: int = 0,
         check_images: bool = True,
+        selection: str = "random",
     ) -> None:
         root, self.image_root = Path(root), Path(image_root)
         if split not in SPLITS:
             raise MMEBDataError(f"unknown split {split!r}; choose one of {SPLITS}")
+        if selection not in SELECTIONS:
+            raise MMEBDataError(f"unknown row selection {selection!r}; choose one of {SELECTIONS}")
         unknown = sorted(set(subsets) - set(MMEB_TRAIN_SUBSETS))
         unknown_caps = sorted(set(subset_caps or {}) - set(subsets))
         if unknown or unknown_caps:
@@ -136,6 +196,8 @@ class MMEBTrainData(Dataset):
         self.use_negatives = use_negatives
         self.subsets = list(subsets)
         self.tables: list[pd.DataFrame] = []
+        # text-only inputs cleaned of a dangling `<|image_1|>`, per subset
+        self.dangling_image_tokens: dict[str, int] = {}
         for subset in self.subsets:
             table = _read_subset(root, subset, split)
             missing = [c for c in COLUMNS if c not in table.columns and not c.startswith("neg_")]
@@ -143,13 +205,26 @@ class MMEBTrainData(Dataset):
                 raise MMEBDataError(f"subset {subset!r} lacks columns {missing}; MMEB-train has {COLUMNS}")
             limit = (subset_caps or {}).get(subset, cap)
             if limit is not None and len(table) > limit:
-                rows = np.random.default_rng(seed).permutation(len(table))[:limit]
-                table = table.iloc[np.sort(rows)].reset_index(drop=True)
+                if selection == "first":
+                    table = table.iloc[:limit].reset_index(drop=True)
+                else:
+                    rows = np.random.default_rng(seed).permutation(len(table))[:limit]
+                    table = table.iloc[np.sort(rows)].reset_index(drop=True)
+            table, cleaned = clean_dangling_image_tokens(table)
+            if cleaned:
+                self.dangling_image_tokens[subset] = cleaned
             self.tables.append(table)
         if check_images:
             self._check_images()
         self.offsets = np.cumsum([0] + [len(t) for t in self.tables])
-        logger.info("MMEB-train %s: %s", split, dict(zip(self.subsets, map(len, self.tables), strict=True)))
+        logger.info(
+            "MMEB-train %s: %s; dangling %s removed from %d text-only inputs%s",
+            split,
+            dict(zip(self.subsets, map(len, self.tables), strict=True)),
+            MMEB_IMAGE_TOKEN,
+            sum(self.dangling_image_tokens.values()),
+            f" {self.dangling_image_tokens}" if self.dangling_image_tokens else "",
+        )
 
     def _check_images(self) -> None:
         for subset, table in zip(self.subsets, self.tables, strict=True):
@@ -197,8 +272,10 @@ class MMEBBatchSampler(Sampler[list[int]]):
     """Shuffled batches per step, deterministic in (seed, epoch) so a resumed run sees the same batches.
 
     `mixed=False` (VLM2Vec's default): every global batch comes from one subset (in-batch negatives of the same
-    task); `mixed=True`: batches mix subsets. A global batch of `batch_size * world_size` rows is drawn and each
-    rank takes its slice, so all ranks of one step share the subset. Incomplete batches are dropped.
+    task); `mixed=True`: batches mix subsets; `block_size=B` (VLM2Vec-V2's `interleave_batch_size 64`): a global
+    batch is made of blocks of B rows, each block from one subset, the blocks of all subsets shuffled together. A
+    global batch of `batch_size * world_size` rows is drawn and each rank takes its slice, so all ranks of one step
+    share the subset (without blocks). Incomplete batches and blocks are dropped.
     """
 
     def __init__(
@@ -211,10 +288,18 @@ class MMEBBatchSampler(Sampler[list[int]]):
         total_steps: int | None = None,
         world_size: int = 1,
         rank: int = 0,
+        block_size: int = 0,
     ) -> None:
         self.sizes, self.batch_size, self.mixed, self.seed = list(subset_sizes), batch_size, mixed, seed
         self.start_step, self.world_size, self.rank = start_step, world_size, rank
         self.global_batch = batch_size * world_size
+        self.block_size = block_size
+        if block_size < 0 or (block_size and self.global_batch % block_size):
+            raise MMEBDataError(
+                f"the subset block size {block_size} must divide the global batch {self.global_batch} (0 = off)"
+            )
+        if block_size and mixed:
+            raise MMEBDataError("blocks of one subset and fully mixed batches exclude each other; choose one")
         self.steps_per_epoch = len(self._epoch_batches(0))
         if self.steps_per_epoch == 0:
             raise MMEBDataError(
@@ -230,6 +315,18 @@ class MMEBBatchSampler(Sampler[list[int]]):
         if self.mixed:
             order = rng.permutation(int(offsets[-1]))
             return [order[i : i + size] for i in range(0, len(order) - size + 1, size)]
+        if self.block_size and self.block_size < size:
+            block = self.block_size
+            blocks = []
+            for start, count in zip(offsets[:-1], self.sizes, strict=True):
+                order = start + rng.permutation(count)
+                blocks += [order[i : i + block] for i in range(0, count - block + 1, block)]
+            blocks = [blocks[i] for i in rng.permutation(len(blocks))]
+            per_batch = size // block
+            return [
+                np.concatenate(blocks[i : i + per_batch])
+                for i in range(0, len(blocks) - per_batch + 1, per_batch)
+            ]
         batches = []
         for start, count in zip(offsets[:-1], self.sizes, strict=True):
             order = start + rng.permutation(count)

@@ -1,9 +1,17 @@
-"""A VLM turned into an embedding model: prompt per family, last-token pooling, L2 normalisation, LoRA/DoRA."""
+"""A VLM turned into an embedding model: prompt per family, last-token pooling, L2 normalisation, LoRA/DoRA.
+
+`VLM2VecModel.from_pretrained` loads our own folders (`vlm2vec_config.json`), and also what TIGER-AI-Lab/VLM2Vec
+released: a plain PEFT adapter folder (`adapter_config.json` + `adapter_model.safetensors`, the base named in
+`base_model_name_or_path`) or a full-weight folder of a supported family (a transformers `config.json`). Folders we
+did not write are prompted in the ``reference`` format by default, ours in the format recorded when they were saved
+(``ours`` for folders from before the field existed).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +26,15 @@ from tqdm.auto import tqdm
 
 from core.precision import DTYPES
 from core.protocol import EmbedInput
-from vlm2vec.adapters import VLMFamily, family_for, get_family
+from vlm2vec.adapters import (
+    FAMILIES,
+    IMAGE_OPTIONS,
+    VLMFamily,
+    check_prompt_format,
+    family_for,
+    family_for_architecture,
+    get_family,
+)
 from vlm2vec.inputs import InputPreparer
 from vlm2vec.pooling import POOLING_MODES, pool
 
@@ -52,6 +68,13 @@ class VLM2VecConfig:
     lora: LoraSettings | None = None
     merged: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    prompt_format: str = "ours"  # see vlm2vec.adapters; folders saved before this field are "ours"
+    image_size: int | None = None  # square resize of every image before the processor (None: none)
+    num_crops: int | None = None  # Phi-3.5-V processor crops (None: the processor's own)
+    min_pixels: int | None = (
+        None  # Qwen2-VL / Qwen2.5-VL image processor pixel bounds (None: the processor's)
+    )
+    max_pixels: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,11 +103,116 @@ def _load_backbone(
     return model_class.from_pretrained(name_or_path, dtype=dtype, **kwargs)
 
 
-def _load_processor(name_or_path: str, family: VLMFamily, padding_side: str | None, trust_remote_code: bool):
-    kwargs = {"trust_remote_code": True} if family.trust_remote_code and trust_remote_code else {}
+def _check_image_options(family: VLMFamily, options: dict[str, int | None]) -> None:
+    unsupported = sorted(
+        name for name, value in options.items() if value is not None and name not in family.image_options
+    )
+    if unsupported:
+        raise ValueError(
+            f"{', '.join(unsupported)} cannot be set for the {family.name} family (its processor takes "
+            f"{', '.join(family.image_options) or 'none of ' + ', '.join(IMAGE_OPTIONS)})"
+        )
+
+
+def _load_processor(name_or_path: str, family: VLMFamily, config: VLM2VecConfig, trust_remote_code: bool):
+    """The family's processor with the config's padding side and image settings (num_crops, min/max pixels)."""
+    kwargs: dict[str, Any] = (
+        {"trust_remote_code": True} if family.trust_remote_code and trust_remote_code else {}
+    )
+    if config.num_crops is not None:
+        kwargs["num_crops"] = config.num_crops
     processor = transformers.AutoProcessor.from_pretrained(name_or_path, **kwargs)
-    processor.tokenizer.padding_side = padding_side or family.padding_side
+    processor.tokenizer.padding_side = config.padding_side or family.padding_side
+    if config.min_pixels is not None or config.max_pixels is not None:
+        # Qwen2-VL / Qwen2.5-VL image processors keep the pixel bounds as size shortest_edge / longest_edge.
+        size = dict(processor.image_processor.size)
+        if config.min_pixels is not None:
+            size["shortest_edge"] = config.min_pixels
+        if config.max_pixels is not None:
+            size["longest_edge"] = config.max_pixels
+        processor.image_processor.size = {k: v for k, v in size.items() if v is not None}
     return processor
+
+
+_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "tokenizer_config.json")
+
+
+def _has_processor(path: Path) -> bool:
+    return any((path / name).is_file() for name in _PROCESSOR_FILES)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def is_adapter_folder(path: str | Path) -> bool:
+    """A plain PEFT adapter folder (`adapter_config.json`), not one of ours (no `vlm2vec_config.json`)."""
+    path = Path(path)
+    return (path / ADAPTER_CONFIG).is_file() and not (path / CONFIG_NAME).is_file()
+
+
+def _config_model_type(name_or_path: str, local_only: bool) -> str | None:
+    """`model_type` of a model's raw config.json (a local folder, or the hub cache / hub), without running any of
+    its code; None when it cannot be read."""
+    local = Path(name_or_path) / "config.json"
+    if local.is_file():
+        return _read_json(local).get("model_type")
+    if Path(name_or_path).is_dir():
+        return None
+    try:
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name_or_path, "config.json")
+        if isinstance(cached, str):
+            return _read_json(Path(cached)).get("model_type")
+        if local_only:
+            return None
+        return _read_json(Path(hf_hub_download(name_or_path, "config.json"))).get("model_type")
+    except Exception:  # no hub access, no such repo, a malformed id: unknown
+        return None
+
+
+def adapter_family(
+    path: str | Path, base_model: str | None = None, local_only: bool = False
+) -> VLMFamily | None:
+    """The family of a PEFT adapter folder's base: from the base's config.json (a local folder, the hub cache, or
+    the hub unless `local_only`), else from peft's recorded `base_model_class`, else from a config.json the adapter
+    folder itself carries; None when none of these names a supported family."""
+    path = Path(path)
+    adapter = _read_json(path / ADAPTER_CONFIG)
+    base = base_model or adapter.get("base_model_name_or_path")
+    model_type = _config_model_type(str(base), local_only) if base else None
+    if model_type is None:
+        auto = adapter.get("auto_mapping") or {}
+        family = family_for_architecture(str(auto.get("base_model_class", "")))
+        if family is not None:
+            return family
+        model_type = _read_json(path / "config.json").get("model_type")
+    if not model_type:
+        return None
+    try:
+        return family_for(str(model_type))
+    except ValueError:
+        return None
+
+
+def _lora_settings_from_peft(adapter: dict[str, Any]) -> LoraSettings:
+    """Our LoRA record of a peft `adapter_config.json` (a target list becomes the equivalent peft regex)."""
+    targets = adapter.get("target_modules")
+    if isinstance(targets, (list, tuple)):
+        names = "|".join(sorted(re.escape(str(t)) for t in targets))
+        targets = rf"(.*\.)?({names})"  # peft matches a list entry as the whole name or a dotted suffix
+    return LoraSettings(
+        r=int(adapter.get("r", 8)),
+        alpha=int(adapter.get("lora_alpha", 8)),
+        dropout=float(adapter.get("lora_dropout", 0.0)),
+        dora=bool(adapter.get("use_dora", False)),
+        target_modules=targets,
+    )
 
 
 def detect_family(name_or_path: str, trust_remote_code: bool = False) -> VLMFamily:
@@ -95,6 +223,44 @@ def detect_family(name_or_path: str, trust_remote_code: bool = False) -> VLMFami
 def _is_training_checkpoint(path: Path) -> bool:
     config = path / "config.json"
     return config.is_file() and json.loads(config.read_text()).get("format") == TRAIN_FORMAT
+
+
+def _image_settings(
+    family: VLMFamily,
+    prompt_format: str,
+    image_size: int | None = None,
+    num_crops: int | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+) -> dict[str, Any]:
+    """The config's prompt format and image settings: `image_size` None takes the format's default (the
+    reference's square resize of the family), 0 means no resize; processor options the family lacks are refused."""
+    check_prompt_format(prompt_format)
+    _check_image_options(family, dict(num_crops=num_crops, min_pixels=min_pixels, max_pixels=max_pixels))
+    if image_size is None:
+        image_size = family.reference_image_size if prompt_format == "reference" else None
+    if image_size is not None and image_size < 0:
+        raise ValueError(f"image_size must be >= 0 (0: no resize), got {image_size}")
+    return dict(
+        prompt_format=prompt_format,
+        image_size=image_size or None,
+        num_crops=num_crops,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+    )
+
+
+def _apply_overrides(
+    config: VLM2VecConfig, family: VLMFamily, prompt_format: str | None, overrides: dict[str, int | None]
+) -> None:
+    """Set a loaded config's prompt format / image settings where the caller gave them."""
+    if prompt_format is not None:
+        check_prompt_format(prompt_format)
+        config.prompt_format = prompt_format
+    _check_image_options(family, {k: v for k, v in overrides.items() if k != "image_size"})
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(config, name, (value or None) if name == "image_size" else value)
 
 
 class VLM2VecModel(nn.Module):
@@ -109,6 +275,7 @@ class VLM2VecModel(nn.Module):
         super().__init__()
         if config.pooling not in POOLING_MODES:
             raise ValueError(f"unknown pooling {config.pooling!r}; choose one of {POOLING_MODES}")
+        check_prompt_format(config.prompt_format)
         self.backbone = backbone
         self.processor = processor
         self.config = config
@@ -128,10 +295,22 @@ class VLM2VecModel(nn.Module):
         dtype: str = "float32",
         trust_remote_code: bool = False,
         device: str | torch.device = "cpu",
+        prompt_format: str = "ours",
+        image_size: int | None = None,
+        num_crops: int | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
     ) -> VLM2VecModel:
-        """A base VLM (hub id or local dir) as an untrained embedding model: the zero-shot baseline."""
+        """A base VLM (hub id or local dir) as an untrained embedding model: the zero-shot baseline, or the start
+        of training.
+
+        `prompt_format` is ``ours`` (what `vlm2vec.train` writes) or ``reference`` (TIGER-AI-Lab/VLM2Vec's). The
+        image settings: `image_size` resizes every image to a square first (None: the format's default, which is
+        the reference's 1344 for LLaVA-Next in the ``reference`` format and none otherwise; 0: no resize),
+        `num_crops` (Phi-3.5-V) and `min_pixels` / `max_pixels` (Qwen2-VL, Qwen2.5-VL) go to the processor."""
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+        check_prompt_format(prompt_format)
         adapter = get_family(family) if family else detect_family(name_or_path, trust_remote_code)
         config = VLM2VecConfig(
             base_model=str(name_or_path),
@@ -141,9 +320,10 @@ class VLM2VecModel(nn.Module):
             temperature=temperature,
             max_text_tokens=max_text_tokens,
             padding_side=padding_side,
+            **_image_settings(adapter, prompt_format, image_size, num_crops, min_pixels, max_pixels),
         )
         backbone = _load_backbone(name_or_path, adapter, DTYPES[dtype], trust_remote_code)
-        processor = _load_processor(name_or_path, adapter, padding_side, trust_remote_code)
+        processor = _load_processor(name_or_path, adapter, config, trust_remote_code)
         return cls(backbone.to(device), processor, config)
 
     @classmethod
@@ -154,20 +334,55 @@ class VLM2VecModel(nn.Module):
         trust_remote_code: bool = False,
         trainable: bool = False,
         device: str | torch.device = "cpu",
+        base_model: str | None = None,
+        prompt_format: str | None = None,
+        image_size: int | None = None,
+        num_crops: int | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
     ) -> VLM2VecModel:
-        """Load what `save_pretrained` wrote (LoRA adapter over its base, or full weights); a directory without
-        `vlm2vec_config.json` is loaded as a base VLM with default settings."""
+        """Load a VLM2Vec model from a directory:
+
+        - what `save_pretrained` wrote (`vlm2vec_config.json`: LoRA adapter over its base, or full weights), a
+          training run (its `final/`) or a `checkpoints/step_N` dir: in its recorded prompt format;
+        - a plain PEFT adapter folder (TIGER-AI-Lab/VLM2Vec's LoRA releases): the base named by its
+          `adapter_config.json` (`base_model` overrides it, e.g. a local copy), with the adapter unmerged;
+        - a full-weight folder of a supported family (a transformers `config.json`; a released full model, or a
+          base VLM for the zero-shot baseline).
+
+        The last two are prompted in the ``reference`` format unless `prompt_format` says otherwise. The image
+        settings (see `from_backbone`) override the recorded ones when given.
+        """
         path = Path(path)
+        if prompt_format is not None:
+            check_prompt_format(prompt_format)
+        overrides = dict(
+            image_size=image_size, num_crops=num_crops, min_pixels=min_pixels, max_pixels=max_pixels
+        )
         if not (path / CONFIG_NAME).is_file() and (path / "final" / CONFIG_NAME).is_file():
             path = path / "final"  # a training run directory: its exported model
         if _is_training_checkpoint(path):
-            return cls._from_training_checkpoint(path, dtype, trust_remote_code, device)
+            return cls._from_training_checkpoint(
+                path, dtype, trust_remote_code, device, base_model, prompt_format, overrides
+            )
+        if is_adapter_folder(path):
+            return cls._from_peft_adapter(
+                path, dtype, trust_remote_code, trainable, device, base_model, prompt_format, overrides
+            )
         if not (path / CONFIG_NAME).is_file():
             return cls.from_backbone(
-                str(path), dtype=dtype, trust_remote_code=trust_remote_code, device=device
+                str(path),
+                dtype=dtype,
+                trust_remote_code=trust_remote_code,
+                device=device,
+                prompt_format=prompt_format or "reference",
+                **overrides,
             )
         config = VLM2VecConfig.from_dict(json.loads((path / CONFIG_NAME).read_text()))
         adapter = get_family(config.family)
+        _apply_overrides(config, adapter, prompt_format, overrides)
+        if base_model is not None:
+            config.base_model = base_model
         if config.lora is not None and not config.merged:
             from peft import PeftModel
 
@@ -175,20 +390,74 @@ class VLM2VecModel(nn.Module):
             backbone = PeftModel.from_pretrained(base, str(path), is_trainable=trainable)
         else:
             backbone = _load_backbone(str(path), adapter, DTYPES[dtype], trust_remote_code)
-        processor = _load_processor(str(path), adapter, config.padding_side, trust_remote_code)
+        processor = _load_processor(str(path), adapter, config, trust_remote_code)
+        return cls(backbone.to(device), processor, config)
+
+    @classmethod
+    def _from_peft_adapter(
+        cls,
+        path: Path,
+        dtype: str,
+        trust_remote_code: bool,
+        trainable: bool,
+        device: str | torch.device,
+        base_model: str | None,
+        prompt_format: str | None,
+        overrides: dict[str, int | None],
+    ) -> VLM2VecModel:
+        """A plain PEFT adapter folder: its base (from `adapter_config.json`, or `base_model`) with the adapter on
+        top, unmerged (merging changes the numbers by rounding only); the processor from the folder when it has one
+        (the reference saves it there), else from the base."""
+        from peft import PeftModel
+
+        adapter_config = _read_json(path / ADAPTER_CONFIG)
+        base = base_model or adapter_config.get("base_model_name_or_path")
+        if not base:
+            raise ValueError(
+                f"{path / ADAPTER_CONFIG} names no base model (base_model_name_or_path); pass base_model="
+            )
+        family = adapter_family(path, base)
+        if family is None:
+            raise ValueError(
+                f"the base {base!r} of the adapter {path} is not a supported VLM family "
+                f"({', '.join(sorted(FAMILIES))}), or its config.json cannot be read; pass "
+                "base_model= a local copy of the base"
+            )
+        format_ = prompt_format or "reference"
+        config = VLM2VecConfig(
+            base_model=str(base),
+            family=family.name,
+            lora=_lora_settings_from_peft(adapter_config),
+            **_image_settings(family, format_, **overrides),
+        )
+        backbone = PeftModel.from_pretrained(
+            _load_backbone(str(base), family, DTYPES[dtype], trust_remote_code),
+            str(path),
+            is_trainable=trainable,
+        )
+        source = str(path) if _has_processor(path) else str(base)
+        processor = _load_processor(source, family, config, trust_remote_code)
         return cls(backbone.to(device), processor, config)
 
     @classmethod
     def _from_training_checkpoint(
-        cls, path: Path, dtype: str, trust_remote_code: bool, device: str | torch.device
+        cls,
+        path: Path,
+        dtype: str,
+        trust_remote_code: bool,
+        device: str | torch.device,
+        base_model: str | None = None,
+        prompt_format: str | None = None,
+        overrides: dict[str, int | None] | None = None,
     ) -> VLM2VecModel:
         """A `checkpoints/step_N` directory of `vlm2vec.train`: its base model plus the trained weights."""
         from core.checkpoint import load_checkpoint
 
         checkpoint = load_checkpoint(path)
         config = VLM2VecConfig.from_dict(checkpoint.config["model"])
+        _apply_overrides(config, get_family(config.family), prompt_format, overrides or {})
         model = cls.from_backbone(
-            config.base_model,
+            base_model or config.base_model,
             family=config.family,
             pooling=config.pooling,
             normalize=config.normalize,
@@ -197,6 +466,11 @@ class VLM2VecModel(nn.Module):
             padding_side=config.padding_side,
             dtype=dtype,
             trust_remote_code=trust_remote_code,
+            prompt_format=config.prompt_format,
+            image_size=config.image_size or 0,
+            num_crops=config.num_crops,
+            min_pixels=config.min_pixels,
+            max_pixels=config.max_pixels,
         )
         if config.lora is not None:
             model.add_lora(config.lora)
@@ -265,7 +539,14 @@ class VLM2VecModel(nn.Module):
     @property
     def preparer(self) -> InputPreparer:
         """The picklable input builder (prompt, truncation, processor) for DataLoader workers."""
-        return InputPreparer(self.family, self.processor, self.config.pooling, self.config.max_text_tokens)
+        return InputPreparer(
+            self.family,
+            self.processor,
+            self.config.pooling,
+            self.config.max_text_tokens,
+            self.config.prompt_format,
+            self.config.image_size,
+        )
 
     def prepare(self, rows: Sequence[Any]) -> dict[str, Tensor]:
         """Processor inputs for rows with `.text`, `.image` (PIL or None) and `.instruction`."""

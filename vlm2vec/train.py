@@ -82,6 +82,11 @@ def build_model(cfg: TrainConfig, device: torch.device) -> VLM2VecModel:
         max_text_tokens=cfg.max_text_tokens,
         dtype=cfg.dtype,
         trust_remote_code=cfg.trust_remote_code,
+        prompt_format=cfg.prompt_format,
+        image_size=cfg.image_size,
+        num_crops=cfg.num_crops,
+        min_pixels=cfg.min_pixels,
+        max_pixels=cfg.max_pixels,
     )
     if cfg.tuning != "full":
         model.add_lora(
@@ -192,6 +197,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         use_negatives=cfg.hard_negatives,
         seed=cfg.seed,
         check_images=cfg.check_images,
+        selection=cfg.subset_selection,
     )
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, device)
@@ -208,6 +214,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         total_steps=cfg.steps,
         world_size=world,
         rank=rank,
+        block_size=cfg.subset_block_size,
     )
     collate = ContrastiveCollator(model.preparer, cfg.query_chunk_size, cfg.target_chunk_size)
     loader = DataLoader(
