@@ -327,7 +327,10 @@ def run(args: argparse.Namespace) -> EvalResult | None:
     device = resolve_device(args.device)
     rank, world, _ = init_distributed(device)
     try:
-        return _score(args, runner, dataset, needs, device, rank, world)
+        result = _score(args, runner, dataset, needs, device, rank, world)
+        if world > 1:
+            dist.barrier()  # every rank leaves the group once rank 0 has written the result
+        return result
     finally:
         leave_process_group()
 

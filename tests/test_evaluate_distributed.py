@@ -194,6 +194,7 @@ def compute(start, end):
 
 features = _sharded(FeatureCache(out / "cache", "fp"), "text", items, compute, 8)
 torch.save(features, out / f"rank{rank}.pt")
+torch.distributed.barrier()  # as evaluate's CLI: leave the group together
 leave_process_group()
 '''
 
