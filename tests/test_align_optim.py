@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -10,7 +11,7 @@ from lion_pytorch import Lion
 
 from align.heads import AlignmentHead, HeadConfig
 from core.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from core.optim import build_optimizer, param_groups
+from core.optim import ForeachLion, build_optimizer, param_groups
 from core.precision import Precision
 from core.schedule import cosine_factor, cosine_schedule, warmup_steps_from
 
@@ -39,7 +40,7 @@ def test_decay_applies_only_to_the_decay_group(name):
     head = small_head()
     lr, wd = 0.1, 0.5
     opt = build_optimizer(name, param_groups(head, wd), lr=lr)
-    assert isinstance(opt, Lion if name == "lion" else torch.optim.AdamW)
+    assert isinstance(opt, ForeachLion if name == "lion" else torch.optim.AdamW)
     before = {n: p.detach().clone() for n, p in head.named_parameters()}
     for p in head.parameters():
         p.grad = torch.zeros_like(p)  # zero gradient: only decoupled decay moves the weights
@@ -47,6 +48,34 @@ def test_decay_applies_only_to_the_decay_group(name):
     for n, p in head.named_parameters():
         expected = before[n] * (1 - lr * wd) if p.ndim >= 2 else before[n]
         torch.testing.assert_close(p.detach(), expected, msg=n)
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_foreach_lion_equals_lion_pytorch_bit_for_bit(decoupled):
+    """Five steps on a star head (two decay groups, a parameter without gradient): parameters and momenta equal
+    lion-pytorch's exactly."""
+    torch.manual_seed(0)
+    heads = [AlignmentHead(HeadConfig(head="star", image_dim=6, text_dim=5, target_dim=4, width_factor=3))]
+    heads.append(copy.deepcopy(heads[0]))
+    frozen = "text.norm.bias"  # gets no gradient: both optimizers must skip it
+    kwargs = dict(lr=3e-3, betas=(0.9, 0.99), decoupled_weight_decay=decoupled)
+    ours = ForeachLion(param_groups(heads[0], 0.1), **kwargs)
+    reference = Lion(param_groups(heads[1], 0.1), **kwargs)
+    for step in range(5):
+        g = torch.Generator().manual_seed(step)
+        for name, p, q in zip(
+            *(dict(h.named_parameters()) for h in heads[:1]), *(h.parameters() for h in heads), strict=True
+        ):
+            grad = None if name == frozen else torch.randn(p.shape, generator=g)
+            p.grad, q.grad = grad, None if grad is None else grad.clone()
+        ours.step()
+        reference.step()
+    for (name, a), b in zip(heads[0].named_parameters(), heads[1].parameters(), strict=True):
+        assert torch.equal(a, b), name
+        if name != frozen:
+            assert torch.equal(ours.state[a]["exp_avg"], reference.state[b]["exp_avg"]), name
+    assert not torch.equal(heads[0].image.norm.weight, torch.ones(6))  # the steps moved the weights
+    reference.load_state_dict(ours.state_dict())  # same state layout: checkpoints interchange
 
 
 def test_cosine_schedule_values():
