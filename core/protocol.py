@@ -25,18 +25,24 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from core.video import VideoSource, load_video
+
 
 @dataclass
 class EmbedInput:
-    """One interleaved input: text, image or both, with an optional task instruction."""
+    """One interleaved input: text, image or both, with an optional task instruction. The empty text ``""`` is a
+    text (a blank MMEB candidate); ``text=None`` without an image is refused."""
 
     text: str | None = None
     image: Image.Image | None = None
     instruction: str | None = None
+    # A video: its frames (already sampled), a video file or a folder of frames (core.video.load_video samples
+    # DEFAULT_NUM_FRAMES of those).
+    video: VideoSource | None = None
 
     def __post_init__(self) -> None:
-        if self.text is None and self.image is None:
-            raise ValueError("an EmbedInput needs a text, an image, or both")
+        if self.text is None and self.image is None and self.video is None:
+            raise ValueError("an EmbedInput needs a text, an image or a video")
 
 
 class CapabilityError(TypeError):
@@ -93,10 +99,20 @@ def check_capabilities(model: object, needs: Sequence[str], task: str) -> None:
         )
 
 
+IMAGE_PLACEHOLDER = "<|image_1|>"
+"""Where MMEB's texts put the image; models that place images themselves (VLM2Vec) replace it, two-tower models
+never see it."""
+
+
 def input_text(item: EmbedInput) -> str | None:
-    """The text a two-tower model embeds for an input: the instruction prefixed to the text, if both exist."""
-    parts = [p.strip() for p in (item.instruction, item.text) if p and p.strip()]
-    return " ".join(parts) if parts else None
+    """The text a two-tower model embeds for an input: the instruction prefixed to the text, if both exist, without
+    :data:`IMAGE_PLACEHOLDER` and surrounding whitespace; None for an image-only input, and the empty text "" for an
+    input with neither text nor image (a blank MMEB candidate, ``EmbedInput(text="")``)."""
+    parts = [p.replace(IMAGE_PLACEHOLDER, "").strip() for p in (item.instruction, item.text) if p]
+    parts = [p for p in parts if p]
+    if parts:
+        return " ".join(parts)
+    return None if item.image is not None or item.video is not None else ""
 
 
 @torch.inference_mode()
@@ -106,7 +122,8 @@ def fused_encode(model: ImageTextModel, inputs: Sequence[EmbedInput]) -> Tensor:
     Text-only inputs -> normalised text embedding; image-only -> normalised image embedding; image + text ->
     ``normalize(normalize(image) + normalize(text))``, the renormalised sum of the two unit embeddings, so the
     cosine with a candidate is proportional to the sum of the image and text cosines. The instruction, when
-    present, is prefixed to the text (a text-only instruction input embeds the instruction alone).
+    present, is prefixed to the text (a text-only instruction input embeds the instruction alone). A video is
+    the mean of its frames' normalised image embeddings, renormalised, and is then fused like an image.
     """
     texts = [input_text(item) for item in inputs]
     text_rows = [i for i, t in enumerate(texts) if t is not None]
@@ -124,7 +141,22 @@ def fused_encode(model: ImageTextModel, inputs: Sequence[EmbedInput]) -> Tensor:
         )
         for row, emb in zip(image_rows, image_emb, strict=True):
             parts[row] = emb if parts[row] is None else parts[row] + emb
+    for row, emb in _video_embeddings(model, inputs).items():
+        parts[row] = emb if parts[row] is None else parts[row] + emb
     return F.normalize(torch.stack(parts), dim=-1)
+
+
+def _video_embeddings(model: ImageTextModel, inputs: Sequence[EmbedInput]) -> dict[int, Tensor]:
+    """Row -> unit embedding of the row's video: the renormalised mean of its frames' unit image embeddings
+    (all frames of the batch in one ``encode_image`` call)."""
+    videos = {i: load_video(item.video) for i, item in enumerate(inputs) if item.video is not None}
+    if not videos:
+        return {}
+    frames = [frame for row_frames in videos.values() for frame in row_frames]
+    frame_emb = F.normalize(model.encode_image(frames, normalize=True).float(), dim=-1)
+    counts = [len(row_frames) for row_frames in videos.values()]
+    means = [chunk.mean(dim=0) for chunk in frame_emb.split(counts)]
+    return {row: F.normalize(mean, dim=-1) for row, mean in zip(videos, means, strict=True)}
 
 
 def encode_inputs(model: EmbeddingModel, inputs: Sequence[EmbedInput]) -> Tensor:

@@ -16,7 +16,7 @@ from core.distributed import init_distributed, leave_process_group
 from core.metrics import KNN_KS, KNN_TEMPERATURE, TIES
 from core.protocol import CapabilityError, EmbeddingModel, InterleavedModel, check_capabilities
 from evaluate import datasets as D
-from evaluate import tasks
+from evaluate import mmeb_v2, tasks
 from evaluate.cache import FeatureCache, default_cache_dir, model_config, model_fingerprint
 from evaluate.datasets import (
     ImageFolderData,
@@ -28,6 +28,8 @@ from evaluate.datasets import (
     load_retrieval,
     load_winoground,
 )
+from evaluate.gallery import GalleryConfig, check_gallery_path, retrieval_gallery
+from evaluate.index import add_index_parser, run_index
 from evaluate.models import ModelSpecError, load_model
 from evaluate.references import MMEB_BY_NAME, MMEB_DATASETS
 from evaluate.results import EvalResult, metrics_table, report_table
@@ -69,6 +71,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--name", default=None, help="dataset name in results and reports (default: inferred)"
     )
+    _vlm2vec_options(parser)
     cache = parser.add_mutually_exclusive_group()
     cache.add_argument(
         "--cache-dir",
@@ -79,6 +82,49 @@ def _common(parser: argparse.ArgumentParser) -> None:
     cache.add_argument(
         "--no-cache", action="store_true", help="always encode; read and write no cached features"
     )
+
+
+def _vlm2vec_options(parser: argparse.ArgumentParser) -> None:
+    """--model settings of VLM2Vec folders (docs/vlm2vec.md, "Released VLM2Vec models", lists each release's)."""
+    group = parser.add_argument_group(
+        "VLM2Vec models (--model a vlm2vec/ run or export, a released PEFT adapter or full-weight folder)"
+    )
+    group.add_argument(
+        "--base-model",
+        default=None,
+        help="base VLM of a PEFT adapter folder (hub id or local dir), instead of adapter_config.json's "
+        "base_model_name_or_path",
+    )
+    group.add_argument(
+        "--prompt-format",
+        choices=("reference", "ours"),
+        default=None,
+        help="prompt layout (default: the one recorded in our folders' config, reference for folders we did "
+        "not write)",
+    )
+    group.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="resize every image to this square first (0: no resize; default: the folder's, i.e. 1344 for "
+        "LLaVA-Next in the reference format)",
+    )
+    group.add_argument("--num-crops", type=int, default=None, help="Phi-3.5-V processor crops")
+    group.add_argument(
+        "--min-pixels",
+        type=int,
+        default=None,
+        help="Qwen2-VL / Qwen2.5-VL processor: fewest pixels per image",
+    )
+    group.add_argument(
+        "--max-pixels", type=int, default=None, help="Qwen2-VL / Qwen2.5-VL processor: most pixels per image"
+    )
+
+
+def _model_options(args: argparse.Namespace) -> dict:
+    """The VLM2Vec settings given on the command line (None: the folder's own)."""
+    names = ("base_model", "prompt_format", "image_size", "num_crops", "min_pixels", "max_pixels")
+    return {name: getattr(args, name, None) for name in names}
 
 
 def _ties(parser: argparse.ArgumentParser, task: str, reference: str) -> None:
@@ -142,6 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", default=None, help="COCO: val2017 (default) / Karpathy: test (default), val, train"
     )
     _ties(p, "retrieval", "CLIP_benchmark's torch.topk order")
+    p.add_argument(
+        "--gallery",
+        type=Path,
+        default=None,
+        help="also write a static HTML page of text queries with their top-k images, hits marked (thumbnails "
+        "embedded; see docs/evaluate.md, Gallery)",
+    )
+    p.add_argument(
+        "--gallery-queries", type=int, default=24, help="text queries on the gallery page (default 24)"
+    )
+    p.add_argument("--gallery-k", type=int, default=5, help="images shown per gallery query (default 5)")
 
     for name, layout, text in (
         ("winoground", "WINOGROUND_LAYOUT", "Winoground text/image/group scores"),
@@ -170,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="MMEB datasets to score (default: every one of the 36 present under --data)",
     )
     _ties(p, "mmeb", "VLM2Vec's argmax with the positive first")
+    mmeb_v2.add_arguments(p)
 
     p = sub.add_parser(
         "knn",
@@ -185,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--temperature", type=float, default=KNN_TEMPERATURE, help="vote temperature (default 0.07)"
     )
     _ties(p, "knn", "DINO's torch.sort order")
+
+    add_index_parser(sub)
 
     p = sub.add_parser("report", help="join result JSONs into one markdown table")
     p.add_argument("results", nargs="+", type=Path, help="result JSON files written by the tasks")
@@ -259,9 +319,19 @@ def prepare(args: argparse.Namespace) -> tuple[Runner, dict, tuple[str, ...]]:
             ("encode_image", "encode_text"),
         )
     if args.task == "retrieval":
+        check_gallery_path(args.gallery)
+        gallery = GalleryConfig(args.gallery_queries, args.gallery_k)
         data = load_retrieval(args.data, args.image_root, args.split)
+
+        def retrieval(m: EmbeddingModel, enc: tasks.EncodeSettings) -> tasks.TaskResult:
+            outcome = tasks.retrieval(m, data, enc, ties=args.ties)
+            if args.gallery is not None:
+                title = f"{args.name or data.name}: {args.model}"
+                retrieval_gallery(m, data, enc, args.gallery, gallery, title)
+            return outcome
+
         return (
-            lambda m, enc: tasks.retrieval(m, data, enc, ties=args.ties),
+            retrieval,
             {"name": args.name or data.name, "path": str(args.data), "split": data.split},
             needs,
         )
@@ -279,6 +349,8 @@ def prepare(args: argparse.Namespace) -> tuple[Runner, dict, tuple[str, ...]]:
             {"name": args.name or "mmvp", "path": str(args.data)},
             needs,
         )
+    if args.task == "mmeb" and args.version == 2:
+        return mmeb_v2.prepare(args)
     if args.task == "mmeb":
         subsets = load_mmeb(args.data, _mmeb_subsets(args), args.image_root)
         return (
@@ -344,7 +416,12 @@ def _score(
     rank: int,
     world: int,
 ) -> EvalResult | None:
-    model = load_model(args.model, device=str(device), trust_remote_code=args.trust_remote_code)
+    model = load_model(
+        args.model,
+        device=str(device),
+        trust_remote_code=args.trust_remote_code,
+        options=_model_options(args),
+    )
     check_capabilities(model, needs, args.task)
     if args.task == "mmeb" and not isinstance(model, InterleavedModel):
         check_capabilities(model, ("encode_image", "encode_text"), "mmeb (score fusion of a two-tower model)")
@@ -383,6 +460,10 @@ def _score(
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    listing = mmeb_v2.listing(sys.argv[1:] if argv is None else argv)
+    if listing is not None:
+        print(listing)  # noqa: T201
+        return 0
     args = build_parser().parse_args(argv)
     try:
         if args.task == "report":
@@ -391,6 +472,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.output:
                 args.output.write_text(table + "\n")
             return 0
+        if args.task == "index":
+            return run_index(args)
         run(args)
     except (LayoutError, ModelSpecError, CapabilityError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)  # noqa: T201

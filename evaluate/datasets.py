@@ -8,9 +8,12 @@ image sources (paths, or images decoded from an archive or a parquet column) and
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from core.protocol import IMAGE_PLACEHOLDER
 from evaluate.layouts import catalog, imagenet
 from evaluate.layouts import retrieval as retrieval_layouts
 from evaluate.layouts import winoground as winoground_layouts
@@ -25,6 +28,9 @@ from evaluate.layouts.base import (
     read_lines,
 )
 from evaluate.layouts.records import ImageFolderData, MMEBSubset, MMVPData, RetrievalData, WinogroundData
+from evaluate.references import MMEB_DATASETS
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGEFOLDER_LAYOUT",
@@ -301,64 +307,192 @@ def load_mmvp(data: str | Path) -> MMVPData:
 
 # ---------------------------------------------------------------------------------------------------------- MMEB
 
-PHI3_IMAGE_TOKEN = "<|image_1|>"
+PHI3_IMAGE_TOKEN = IMAGE_PLACEHOLDER  # "<|image_1|>", where MMEB's texts put the image
+MMEB_SPLIT = "test"
+_DANGLING = re.compile(r"[ \t]*" + re.escape(PHI3_IMAGE_TOKEN) + r"[ \t]*")
+MMEB_COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
+# The newer image-task annotations (VLM2Vec-V2's MMEB-V2 image-query files): a separate instruction per side,
+# classification and QA rows without tgt_img_path; composed as the reference's parser of each dataset does
+# (experiments/public/eval/image.yaml -> src/data/eval_dataset/image_{cls,qa,i2t,t2i,i2i_vg}*.py).
+V2_COLUMNS = ("qry_inst", "qry_text", "tgt_text")
+_V2_PARSERS = {
+    **{d.name: "cls" for d in MMEB_DATASETS if d.meta_task == "classification"},
+    **{d.name: "qa" for d in MMEB_DATASETS if d.meta_task == "vqa"},
+    **{d.name: "i2i_vg" for d in MMEB_DATASETS if d.meta_task in ("retrieval", "grounding")},
+    **{n: "i2t" for n in ("MSCOCO_i2t", "VisualNews_i2t")},
+    **{n: "t2i" for n in ("VisDial", "MSCOCO_t2i", "VisualNews_t2i", "WebQA", "EDIS", "Wiki-SS-NQ")},
+}
 
 
-def _mmeb_text(text: object) -> str:
-    """MMEB texts carry Phi-3-V's image token; the protocol passes images separately, so it is removed."""
-    return "" if text is None else str(text).replace(PHI3_IMAGE_TOKEN, "").strip()
+def drop_placeholder(text: str) -> str:
+    """``text`` without ``<|image_1|>`` and the spaces or tabs around it (one space stays between words); other
+    whitespace, a trailing newline included, stays (as ``vlm2vec`` cleans MMEB-train's text-only inputs)."""
+
+    def replace(match: re.Match) -> str:
+        start, end = match.start(), match.end()
+        at_edge = start == 0 or end == len(text) or text[start - 1] == "\n" or text[end] == "\n"
+        return "" if at_edge else " "
+
+    return _DANGLING.sub(replace, text)
+
+
+def _cells(value: object) -> list:
+    if value is None or (isinstance(value, float) and value != value):
+        return []
+    if isinstance(value, str):
+        return [value]
+    return list(value)
+
+
+def _text(value: object) -> str:
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value)
+
+
+def _image_prompt(body: str) -> str:
+    """The reference's ``process_input_text(body, add_image_token=True)`` (image token + " " + body) followed by
+    its ``.replace(" \n", "\n")``, with MMEB's placeholder standing for the family's image token."""
+    return f"{PHI3_IMAGE_TOKEN} {body}".replace(" \n", "\n")
+
+
+def _v2_row(parser: str, name: str, row: dict) -> tuple[str, str, list[str], list[str]]:
+    """(query text, query image, candidate texts, candidate images) of one newer-annotation row."""
+    inst, text = _text(row.get("qry_inst")), _text(row.get("qry_text"))
+    captions = [_text(c) for c in _cells(row.get("tgt_text"))]
+    paths = [_text(p) for p in _cells(row.get("tgt_img_path"))] or [""] * len(captions)
+    if parser in ("cls", "qa", "i2t", "i2i_vg"):
+        inst = inst.replace(PHI3_IMAGE_TOKEN, "")
+        if parser in ("qa", "i2i_vg"):
+            inst = "\n" + inst.strip()
+        query = _image_prompt(f"{inst} {text}" if text else inst) + "\n"
+        image = _text(row.get("qry_img_path"))
+    else:  # t2i: a text query, the instruction kept as it is
+        query, image = f"{inst} {text}\n" + ("\n" if name == "VisDial" else ""), ""
+    if parser in ("cls", "qa", "i2t"):
+        return query, image, captions, paths
+    target_inst = _text(row.get("tgt_inst")).replace(PHI3_IMAGE_TOKEN, "")
+    if captions and captions[0].strip():
+        candidates = [_image_prompt(f"{target_inst} {c}") + "\n" for c in captions]
+    else:
+        candidates = [_image_prompt(target_inst) + ("\n" if parser == "t2i" else "")] * len(paths)
+    return query, image, candidates, paths
+
+
+def _mmeb_files(data: Path, name: str) -> tuple[list[Path], str]:
+    folder = data / name
+    flat = sorted(folder.glob("*.parquet"))
+    if flat:
+        return flat, "TIGER-Lab/MMEB-eval"
+    converted = sorted((folder / MMEB_SPLIT).glob("*.parquet"))
+    if converted:
+        return converted, "parquet conversion"
+    if not folder.is_dir():
+        raise catalog.MMEB.error(f"no MMEB dataset folder {folder}")
+    others = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.parquet"))
+    found = f" (found {others[:3]}, not split {MMEB_SPLIT!r})" if others else ""
+    raise catalog.MMEB.error(f"no parquet files in {folder} or {folder / MMEB_SPLIT}{found}")
+
+
+def _read_subset(name: str, table, image_root: Path) -> MMEBSubset:
+    columns = set(table.columns)
+    if "qry_inst" in columns:
+        missing, annotation = sorted(set(V2_COLUMNS) - columns), "instructions"
+    else:
+        missing, annotation = sorted(set(MMEB_COLUMNS) - columns), "MMEB-eval"
+    if missing:
+        raise catalog.MMEB.error(
+            f"{name}: missing columns {missing} (has {sorted(columns)}); MMEB-eval rows have "
+            f"{list(MMEB_COLUMNS)}, the newer annotations {list(V2_COLUMNS)} [+ qry_img_path, tgt_inst, "
+            "tgt_img_path]"
+        )
+    queries, query_images, targets, target_images = [], [], [], []
+    for row in table.to_dict("records"):
+        if annotation == "instructions":
+            query, image, texts, paths = _v2_row(_V2_PARSERS[name], name, row)
+        else:
+            query, image = _text(row["qry_text"]), _text(row["qry_img_path"])
+            texts = [_text(t) for t in _cells(row["tgt_text"])]
+            paths = [_text(p) for p in _cells(row["tgt_img_path"])]
+        queries.append(query)
+        query_images.append(image)
+        targets.append(texts)
+        target_images.append(paths)
+    subset = MMEBSubset(name, [], [], [], [], annotation=annotation)
+
+    def path(value: str) -> Path | None:
+        return image_root / value if value.strip() else None
+
+    def text_of(text: str, image: Path | None) -> str:
+        """Verbatim (MMEB's trailing newline kept); a dangling placeholder of a text-only input removed, a blank
+        input without image the empty text."""
+        if image is None and PHI3_IMAGE_TOKEN in text:
+            subset.dangling_image_tokens += 1
+            text = drop_placeholder(text)
+        return text
+
+    for i, (query, image, texts, paths) in enumerate(
+        zip(queries, query_images, targets, target_images, strict=True)
+    ):
+        if len(texts) != len(paths) or len(texts) < 2:
+            raise catalog.MMEB.error(f"{name} row {i}: tgt_text and tgt_img_path need the same length >= 2")
+        query_path = path(image)
+        query_text = text_of(query, query_path)
+        if not query_text.strip() and query_path is None:
+            raise catalog.MMEB.error(f"{name} row {i}: query without text and image")
+        subset.query_texts.append(query_text)
+        subset.query_images.append(query_path)
+        row_texts, row_images = [], []
+        for text, value in zip(texts, paths, strict=True):
+            candidate_path = path(value)
+            candidate = text_of(text, candidate_path)
+            if not candidate.strip() and candidate_path is None:
+                subset.blank_candidates += 1
+                candidate = ""
+            row_texts.append(candidate)
+            row_images.append(candidate_path)
+        subset.target_texts.append(row_texts)
+        subset.target_images.append(row_images)
+    return subset
 
 
 def load_mmeb(
     data: str | Path, subsets: Sequence[str], image_root: str | Path | None = None
 ) -> list[MMEBSubset]:
+    """MMEB datasets as distributed (see :data:`MMEB_LAYOUT`), every one validated before any is scored. Texts
+    are kept verbatim (MMEB's trailing newline and its ``<|image_1|>`` placeholder included, so an interleaved
+    model prompts a row as in training; two-tower models get them without the placeholder, see
+    ``core.protocol.input_text``); a text-only input's dangling placeholder is removed, a blank candidate (no
+    text, no image) is kept as the empty text; both are counted."""
     import pandas as pd
 
     data = Path(data)
     image_root = Path(image_root) if image_root else data / "eval_images"
     if not image_root.is_dir():
         raise catalog.MMEB.error(f"image root {image_root} not found")
+    unknown = sorted(set(subsets) - set(_V2_PARSERS))
+    if unknown:
+        raise catalog.MMEB.error(f"unknown MMEB datasets {unknown}; known: {[d.name for d in MMEB_DATASETS]}")
     out = []
     for name in subsets:
-        files = sorted((data / name).glob("*.parquet"))
-        if not files:
-            raise catalog.MMEB.error(f"no parquet files in {data / name}")
-        table = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-        missing = {"qry_text", "qry_img_path", "tgt_text", "tgt_img_path"} - set(table.columns)
-        if missing:
-            raise catalog.MMEB.error(f"{data / name}: missing columns {sorted(missing)}")
-
-        def path(value: object) -> Path | None:
-            return image_root / str(value) if value is not None and str(value).strip() else None
-
-        subset = MMEBSubset(
-            name=name,
-            query_texts=[_mmeb_text(t) for t in table["qry_text"]],
-            query_images=[path(p) for p in table["qry_img_path"]],
-            target_texts=[[_mmeb_text(t) for t in row] for row in table["tgt_text"]],
-            target_images=[[path(p) for p in row] for row in table["tgt_img_path"]],
+        files, layout = _mmeb_files(data, name)
+        subset = _read_subset(
+            name, pd.concat([pd.read_parquet(f) for f in files], ignore_index=True), image_root
         )
-        for i, (texts, images) in enumerate(zip(subset.target_texts, subset.target_images, strict=True)):
-            if len(texts) != len(images) or len(texts) < 2:
-                raise catalog.MMEB.error(
-                    f"{name} row {i}: tgt_text and tgt_img_path need the same length >= 2"
-                )
-        empty_target = [
-            i
-            for i, (texts, images) in enumerate(zip(subset.target_texts, subset.target_images, strict=True))
-            if any(not t and p is None for t, p in zip(texts, images, strict=True))
-        ]
-        if empty_target:
-            raise catalog.MMEB.error(f"{name} row {empty_target[0]}: a candidate without text and image")
-        empty = [
-            i
-            for i, (t, p) in enumerate(zip(subset.query_texts, subset.query_images, strict=True))
-            if not t and p is None
-        ]
-        if empty:
-            raise catalog.MMEB.error(f"{name} row {empty[0]}: query without text and image")
-        paths = {p for p in subset.query_images if p is not None}
-        paths |= {p for row in subset.target_images for p in row if p is not None}
-        check_images_exist(sorted(paths), catalog.MMEB)
+        subset.layout = layout
         out.append(subset)
+    paths = {p for s in out for p in s.query_images if p is not None}
+    paths |= {p for s in out for row in s.target_images for p in row if p is not None}
+    check_images_exist(sorted(paths), catalog.MMEB)
+    blank = {s.name: s.blank_candidates for s in out if s.blank_candidates}
+    dangling = {s.name: s.dangling_image_tokens for s in out if s.dangling_image_tokens}
+    logger.info(
+        "MMEB: %d datasets (%s); blank candidates kept as the empty text: %d%s; dangling %s removed from %d "
+        "text-only inputs%s",
+        len(out),
+        ", ".join(sorted({f"{s.layout}, {s.annotation}" for s in out})),
+        sum(blank.values()),
+        f" {blank}" if blank else "",
+        PHI3_IMAGE_TOKEN,
+        sum(dangling.values()),
+        f" {dangling}" if dangling else "",
+    )
     return out

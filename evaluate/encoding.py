@@ -122,6 +122,18 @@ def _sharded(
     return _all_gather_rows(local, group)
 
 
+def encode_sharded(
+    cache: FeatureCache,
+    kind: str,
+    keys: Sequence,
+    compute: Callable[[int, int], Tensor],
+    batch_size: int,
+) -> Tensor:
+    """Features of ``keys`` (cache keys, one per input) where ``compute(start, end)`` encodes inputs
+    ``start`` to ``end``: cached as one entry, or under torchrun as each rank's shard, all-gathered."""
+    return _sharded(cache, kind, keys, compute, batch_size)
+
+
 def _whole_model_encoder(model: ImageTextModel, modality: str) -> Callable[..., Tensor]:
     return model.encode_image if modality == "image" else model.encode_text
 
@@ -229,7 +241,9 @@ def encode_interleaved(
         for first in tqdm(range(start, end, batch_size), desc=f"encode {desc}", unit="batch"):
             batch = [
                 EmbedInput(
-                    text=text or None, image=open_image(path) if path else None, instruction=instruction
+                    text=text if text or not path else None,  # "" without an image: the empty text
+                    image=open_image(path) if path else None,
+                    instruction=instruction,
                 )
                 for text, path, instruction in items[first : min(end, first + batch_size)]
             ]

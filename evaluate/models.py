@@ -93,6 +93,8 @@ class CheckpointLoader:
     load: str
     description: str
     resolve: Callable[[Path], Path] | None = None
+    # keyword options of ``from_pretrained`` that --model settings may pass (e.g. vlm2vec's base_model)
+    options: tuple[str, ...] = ()
 
 
 def read_config_json(directory: Path) -> dict:
@@ -130,13 +132,17 @@ def _resolve_align_dir(directory: Path) -> Path:
     return Path(latest)
 
 
+# The settings of `VLM2VecModel.from_pretrained` that --model takes from the command line (None: the folder's own).
+VLM2VEC_OPTIONS = ("base_model", "prompt_format", "image_size", "num_crops", "min_pixels", "max_pixels")
+
 CHECKPOINT_LOADERS: list[CheckpointLoader] = [
     CheckpointLoader(
         name="vlm2vec",
         detect=_is_vlm2vec_checkpoint,
         load="vlm2vec:VLM2VecModel",
-        description="vlm2vec/ export (vlm2vec_config.json), training run or checkpoints/step_N dir, or a base "
-        "VLM folder of a supported family (zero-shot)",
+        description="vlm2vec/ export (vlm2vec_config.json), training run or checkpoints/step_N dir, a released "
+        "PEFT adapter or full-weight folder, or a base VLM folder of a supported family (zero-shot)",
+        options=VLM2VEC_OPTIONS,
     ),
     CheckpointLoader(
         name="align",
@@ -173,17 +179,36 @@ def _kinds() -> str:
     return "; ".join(f"{loader.name}: {loader.description}" for loader in CHECKPOINT_LOADERS)
 
 
+def _options_for(loader_name: str, accepted: tuple[str, ...], options: dict) -> dict:
+    """The set (not None) ``options``; one the loader does not take is an error naming the flag."""
+    given = {name: value for name, value in options.items() if value is not None}
+    refused = sorted(name for name in given if name not in accepted)
+    if refused:
+        flags = ", ".join("--" + name.replace("_", "-") for name in refused)
+        raise ModelSpecError(
+            f"{flags} applies to VLM2Vec models ({', '.join(VLM2VEC_OPTIONS)}), not to a {loader_name} model"
+        )
+    return given
+
+
 def load_model(
-    spec: str, device: str | torch.device = "cpu", trust_remote_code: bool = False
+    spec: str,
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+    options: dict | None = None,
 ) -> EmbeddingModel:
     """Build the model a ``--model`` spec names (see the module docstring); clear error if none matches.
 
-    ``trust_remote_code`` is passed on (only when True) to checkpoint loaders that build hub models. A loaded
-    model that follows neither :class:`ImageTextModel` nor :class:`InterleavedModel` is an error.
+    ``trust_remote_code`` is passed on (only when True) to checkpoint loaders that build hub models. ``options``
+    (e.g. :data:`VLM2VEC_OPTIONS`: ``base_model``, ``prompt_format``, the image settings) go to the loader's
+    ``from_pretrained`` when set; one the matched loader does not take is an error. A loaded model that follows
+    neither :class:`ImageTextModel` nor :class:`InterleavedModel` is an error.
     """
+    options = options or {}
     if spec.startswith(OPEN_CLIP_PREFIX):
         import open_clip
 
+        _options_for("open_clip", (), options)
         arch, pretrained = parse_open_clip_spec(spec)
         if not arch.startswith("hf-hub:") and arch not in open_clip.list_models():
             raise ModelSpecError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
@@ -200,7 +225,9 @@ def load_model(
         if loader.detect(directory):
             if loader.resolve is not None:
                 directory = loader.resolve(directory)
-            extra = {"trust_remote_code": True} if trust_remote_code else {}
+            extra = _options_for(loader.name, loader.options, options)
+            if trust_remote_code:
+                extra["trust_remote_code"] = True
             model = _import(loader.load).from_pretrained(directory, device=device, **extra)
             if not isinstance(model, EmbeddingModel):
                 raise ModelSpecError(

@@ -86,7 +86,7 @@ def report_table(results: Sequence[EvalResult], references: bool = False) -> str
     withheld: list[str] = []
     if references:
         rows.update(reference_rows(results, columns))
-        withheld = withheld_references(results)
+        withheld = withheld_references(results, columns)
     if not columns:
         raise ValueError("no metrics to report")
     header = "| model | " + " | ".join(f"{t} {d} {m}" for t, d, m in columns) + " |"

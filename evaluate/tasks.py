@@ -3,14 +3,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from core import metrics as M
+from core.fingerprint import file_stamp
 from core.protocol import EmbeddingModel, ImageTextModel
 from evaluate.cache import FeatureCache
 from evaluate.datasets import (
@@ -23,6 +31,8 @@ from evaluate.datasets import (
 )
 from evaluate.encoding import encode_images, encode_interleaved, encode_texts
 from evaluate.references import META_TASKS, MMEB_BY_NAME
+
+logger = logging.getLogger(__name__)
 
 Template = str | Callable[[str], str]
 RETRIEVAL_CHUNK = 1024  # retrieval queries scored at a time
@@ -157,6 +167,83 @@ def mmvp(model: ImageTextModel, data: MMVPData, enc: EncodeSettings) -> TaskResu
     return TaskResult(metrics, counts, {}, {"rule": MMVP_TIES, "tied": tied})
 
 
+class MMEBScores:
+    """Finished datasets' scores of one model, kept beside its feature cache (``FINGERPRINT/mmeb-scores/``) so a
+    restarted ``evaluate mmeb`` skips them: one JSON per dataset, keyed by a digest of its inputs (texts, image
+    paths with size and mtime) and the tie rule, written atomically by rank 0 once the dataset is scored. Every
+    rank reads an entry before it starts that dataset, which is before rank 0 can have written it in this run (the
+    dataset's all-gathers need every rank), so all ranks skip the same datasets. No cache directory: no store."""
+
+    def __init__(self, cache: FeatureCache, ties: str) -> None:
+        self.root = None if cache.root is None else cache.root / "mmeb-scores"
+        self.ties = ties
+
+    def _path(self, subset: MMEBSubset) -> Path | None:
+        if self.root is None:
+            return None
+        digest = hashlib.sha256(f"{self.ties}|{subset.name}|".encode())
+        for text, image in zip(subset.query_texts, subset.query_images, strict=True):
+            digest.update(f"q\x1f{text}\x1f{file_stamp(image) if image else ''}\n".encode())
+        for texts, images in zip(subset.target_texts, subset.target_images, strict=True):
+            for text, image in zip(texts, images, strict=True):
+                digest.update(f"t\x1f{text}\x1f{file_stamp(image) if image else ''}\n".encode())
+            digest.update(b"\x1e")
+        return self.root / f"{subset.name}-{digest.hexdigest()[:32]}.json"
+
+    def get(self, subset: MMEBSubset) -> dict | None:
+        path = self._path(subset)
+        if path is None or not path.is_file():
+            return None
+        try:
+            entry = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if not isinstance(entry, dict) or {"score", "tied", "rows"} - set(entry):
+            return None
+        return entry
+
+    def put(self, subset: MMEBSubset, entry: dict) -> None:
+        path = self._path(subset)
+        if path is None or (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(entry))
+            os.replace(tmp, path)
+        except OSError as error:
+            logger.warning("cannot keep the score of %s in %s (%s)", subset.name, path, error)
+
+
+def _score_subset(model: EmbeddingModel, subset: MMEBSubset, enc: EncodeSettings, ties: str) -> dict:
+    queries = encode_interleaved(
+        model,
+        list(zip(subset.query_texts, subset.query_images, [None] * len(subset.query_texts), strict=True)),
+        enc.cache,
+        enc.batch_size,
+        desc=f"{subset.name} queries",
+    )
+    unique: dict[tuple, int] = {}
+    rows = []
+    for texts, paths in zip(subset.target_texts, subset.target_images, strict=True):
+        rows.append(
+            [
+                unique.setdefault((text, path, None), len(unique))
+                for text, path in zip(texts, paths, strict=True)
+            ]
+        )
+    targets = encode_interleaved(
+        model, list(unique), enc.cache, enc.batch_size, desc=f"{subset.name} targets"
+    )
+    scores = [queries[i].double() @ targets[torch.tensor(row)].double().T for i, row in enumerate(rows)]
+    tie_counts = M.first_candidate_tie_counts(scores)
+    return {
+        "score": 100.0 * float(tie_counts.hits(1, ties).mean()),
+        "tied": int(tie_counts.tied(1).sum()),
+        "rows": len(rows),
+    }
+
+
 def mmeb(
     model: EmbeddingModel,
     subsets: Sequence[MMEBSubset],
@@ -165,41 +252,38 @@ def mmeb(
 ) -> TaskResult:
     """Precision@1 per subset (positive = candidate 0; ``ties`` scores a negative equal to it, by default
     VLM2Vec's argmax, which the positive wins), averaged per meta-task, IND, OOD and overall (unweighted means
-    over the datasets present). Tie counts are per dataset."""
+    over the datasets present). Tie counts are per dataset. A dataset scored by an earlier, interrupted run of
+    the same model on the same inputs is taken from :class:`MMEBScores` (not encoded again)."""
     M.check_ties(ties)
+    store = MMEBScores(enc.cache, ties)
     per_dataset: dict[str, float] = {}
     counts: dict[str, int] = {}
     tied: dict[str, int] = {}
-    for subset in subsets:
-        queries = encode_interleaved(
-            model,
-            list(zip(subset.query_texts, subset.query_images, [None] * len(subset.query_texts), strict=True)),
-            enc.cache,
-            enc.batch_size,
-            desc=f"{subset.name} queries",
+    resumed: list[str] = []
+    for subset in tqdm(subsets, desc="MMEB datasets", unit="dataset", disable=len(subsets) < 2):
+        entry = store.get(subset)
+        if entry is None:
+            entry = _score_subset(model, subset, enc, ties)
+            store.put(subset, entry)
+        else:
+            resumed.append(subset.name)
+        per_dataset[subset.name] = float(entry["score"])
+        tied[subset.name] = int(entry["tied"])
+        counts[subset.name] = int(entry["rows"])
+    if resumed:
+        logger.info(
+            "MMEB: %d datasets scored by an earlier run, not encoded again: %s", len(resumed), resumed
         )
-        unique: dict[tuple, int] = {}
-        rows = []
-        for texts, paths in zip(subset.target_texts, subset.target_images, strict=True):
-            row = []
-            for text, path in zip(texts, paths, strict=True):
-                row.append(unique.setdefault((text, path, None), len(unique)))
-            rows.append(row)
-        targets = encode_interleaved(
-            model, list(unique), enc.cache, enc.batch_size, desc=f"{subset.name} targets"
-        )
-        scores = [queries[i].double() @ targets[torch.tensor(row)].double().T for i, row in enumerate(rows)]
-        tie_counts = M.first_candidate_tie_counts(scores)
-        per_dataset[subset.name] = 100.0 * float(tie_counts.hits(1, ties).mean())
-        tied[subset.name] = int(tie_counts.tied(1).sum())
-        counts[subset.name] = len(rows)
     metrics = aggregate_mmeb(per_dataset)
-    return TaskResult(
-        metrics,
-        counts | {"datasets": len(per_dataset)},
-        {"per_dataset": per_dataset},
-        {"rule": ties, "tied": tied},
-    )
+    details = {
+        "per_dataset": per_dataset,
+        "blank_candidates": {s.name: s.blank_candidates for s in subsets if s.blank_candidates},
+        "dangling_image_tokens": {
+            s.name: s.dangling_image_tokens for s in subsets if s.dangling_image_tokens
+        },
+        "resumed": resumed,
+    }
+    return TaskResult(metrics, counts | {"datasets": len(per_dataset)}, details, {"rule": ties, "tied": tied})
 
 
 def aggregate_mmeb(per_dataset: dict[str, float]) -> dict[str, float]:

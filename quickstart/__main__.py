@@ -46,7 +46,9 @@ def _report(args: argparse.Namespace) -> None:
     output_dir = Path(args.output_dir)
     table = write_report(output_dir, Path(args.run_dir), Path(args.split))
     print(table)  # noqa: T201
-    print(f"\nwrote {output_dir / 'results.json'}, {output_dir / 'report.md'} and PNG plots")  # noqa: T201
+    gallery = output_dir / "gallery.html"
+    extra = f" (retrieval gallery: {gallery})" if gallery.is_file() else ""
+    print(f"\nwrote {output_dir / 'results.json'}, {output_dir / 'report.md'} and PNG plots{extra}")  # noqa: T201
 
 
 def main(argv: list[str] | None = None) -> None:

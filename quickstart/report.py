@@ -142,6 +142,9 @@ def write_report(output_dir: Path, run_dir: Path, split_file: Path) -> str:
     (output_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
     images = "\n".join(f"![{p.stem}]({p.name})" for p in plots)
     curve = f"![loss curve]({loss_curve.relative_to(output_dir)})" if loss_curve.is_file() else ""
+    gallery = output_dir / "gallery.html"
+    if gallery.is_file():
+        curve += f"\n\n[What the trained head retrieves]({gallery.name}): COCO-MINI val captions, top-5 images, hits marked.\n"
     (output_dir / "report.md").write_text(
         "# Quickstart report\n\n"
         f"Trained on {split['train_pairs']['coco_images']} COCO-MINI train images and "

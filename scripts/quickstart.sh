@@ -3,7 +3,8 @@
 #   1. encode COCO-MINI train captions + ImageNet-sample images of the seen classes (with class prompts) into HDF5
 #   2. train an alignment head on them (a validation split carved from the training side is monitored)
 #   3. evaluate COCO-MINI val retrieval and zero-shot on the unseen ImageNet classes, trained vs untrained head
-#   4. print one table; write results.json, report.md and PNG plots into $OUTPUT_DIR
+#   4. print one table; write results.json, report.md and PNG plots into $OUTPUT_DIR, and gallery.html (what the
+#      trained head retrieves for COCO-MINI val captions, hits marked; self-contained)
 # A second run reuses complete feature stores and evaluation caches. Every variable below can be overridden
 # from the environment, e.g. `OUTPUT_DIR=/tmp/qs bash scripts/quickstart.sh`.
 set -euo pipefail
@@ -83,9 +84,10 @@ step "3/4 evaluate trained and untrained heads"
 templates=(${ZEROSHOT_TEMPLATES:+--templates "$ZEROSHOT_TEMPLATES"})
 for model in trained untrained; do
   checkpoint=$TRAINED
-  [ "$model" = untrained ] && checkpoint=$UNTRAINED
+  gallery=(--gallery "$OUTPUT_DIR/gallery.html")
+  if [ "$model" = untrained ]; then checkpoint=$UNTRAINED gallery=(); fi
   python -m evaluate retrieval --model "$checkpoint" --data "$DATA_ROOT/coco-mini" --split val2017 \
-    --name coco-mini-val --output "$EVAL_DIR/${model}_retrieval.json"
+    --name coco-mini-val --output "$EVAL_DIR/${model}_retrieval.json" "${gallery[@]}"
   python -m evaluate zeroshot --model "$checkpoint" --data "$DATA_DIR/imagenet-unseen" --split val \
     --name imagenet-unseen-among-1000 "${templates[@]}" --output "$EVAL_DIR/${model}_zeroshot_all.json"
   python -m evaluate zeroshot --model "$checkpoint" --data "$DATA_DIR/imagenet-unseen" --split val \

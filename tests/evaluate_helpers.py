@@ -197,3 +197,38 @@ def write_karpathy(
         entries.append(entry)
     path.write_text(json.dumps({"images": entries, "dataset": dataset}))
     return path
+
+
+class InterleavedRecorder(FakeModel):
+    """A :class:`FakeModel` with its own ``encode(inputs)`` (an interleaved model, like vlm2vec): text first, else
+    the image. It records every text it encodes (``seen``, shared by the class so a test sees what a model loaded
+    by the CLI did) and raises :class:`Interrupted` on a text containing ``crash_on`` (a run killed mid-way)."""
+
+    seen: list[str] = []
+    crash_on: str | None = None
+
+    def encode(self, inputs):
+        rows = []
+        for item in inputs:
+            if self.crash_on and item.text and self.crash_on in item.text:
+                raise Interrupted(f"interrupted at {item.text!r}")
+            InterleavedRecorder.seen.append(item.text)
+            rows.append(self._text_vector(item.text) if item.text else self._image_vector(item.image))
+        return torch.stack(rows).float()
+
+
+class Interrupted(RuntimeError):
+    """Stands for a run killed part-way (SIGKILL, preemption)."""
+
+
+def use_recorder_checkpoints(monkeypatch) -> None:
+    """Make ``load_model(DIR)`` load :class:`InterleavedRecorder` from directories with ``fake_model.json``."""
+    from evaluate import models
+
+    loader = models.CheckpointLoader(
+        name="recorder",
+        detect=lambda d: (d / "fake_model.json").is_file(),
+        load="evaluate_helpers:InterleavedRecorder",
+        description="test model",
+    )
+    monkeypatch.setattr(models, "CHECKPOINT_LOADERS", [loader, *models.CHECKPOINT_LOADERS])

@@ -279,4 +279,5 @@ def test_mmeb_uses_the_model_encode_and_passes_images_separately_from_text(tmp_p
     assert result.details["per_dataset"] == {"N24News": 100.0}
     assert model.image_calls == 0 and model.text_calls == 0
     first = model.seen[0]
-    assert first.text == query and first.image is not None and first.instruction is None
+    # the text verbatim, placeholder and all (the model places the image itself), the image passed separately
+    assert first.text == "<|image_1|>\n" + query and first.image is not None and first.instruction is None

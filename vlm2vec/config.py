@@ -89,6 +89,14 @@ class TrainConfig(LoopConfig):
     mixed_batches: bool = setting(
         default=False, help="mix subsets in a batch (default: one subset per batch)"
     )
+    data_mixture: str | None = setting(
+        default=None,
+        help="a training mixture YAML (VLM2Vec-V2's train_v2.yaml: dataset_parser, weight, num_sample_per_subset "
+        "per subset; see docs/mmeb-v2.md), its paths relative to --data; batches of sub-batches of "
+        "--subset-block-size rows (0: the whole batch), each from one subset drawn by weight; --subsets, --split, "
+        "--num-sample-per-subset, --subset-caps, --subset-selection, --mixed-batches, --hard-negatives and "
+        "--image-root do not apply",
+    )
     hard_negatives: bool = setting(default=True, help="use neg_text / neg_image_path (--no-hard-negatives)")
     check_images: bool = setting(default=True, help="check every image path up front (--no-check-images)")
     num_workers: int = setting(default=2, help="DataLoader processes")

@@ -3,7 +3,10 @@
 Layout per subset under `root` (the first that exists wins):
 `SUBSET/SPLIT/` or `SUBSET/` (a `datasets` Dataset / DatasetDict saved with `save_to_disk`), or
 `SUBSET/SPLIT*.parquet` / `SUBSET/SPLIT*.jsonl` (the hub's `TIGER-Lab/MMEB-train` layout), with columns
-`qry`, `qry_image_path`, `pos_text`, `pos_image_path`, `neg_text`, `neg_image_path`. Image paths are relative to
+`qry`, `qry_image_path`, `pos_text`, `pos_image_path`, `neg_text`, `neg_image_path`; the hub's parquet conversion
+`SUBSET/SPLIT/0000.parquet` (what `datasets` downloads) is read too. Optional `qry_inst` / `pos_inst` / `neg_inst`
+columns (separate instructions, as the newer annotations carry them) become the inputs' instructions, which the
+prompt builder joins as `instruction + " " + text` (the reference's `process_input_text`). Image paths are relative to
 `image_root`; an empty path means no image. `pos_*` / `neg_*` cells may hold lists (several positives, several
 hard negatives); an empty negative means none.
 
@@ -145,15 +148,17 @@ def _read_subset(root: Path, subset: str, split: str) -> pd.DataFrame:
                 loaded = loaded[split]
             if isinstance(loaded, HFDataset):
                 return loaded.to_pandas()
-    parquet = sorted(base.glob(f"{split}*.parquet"))
+    parquet = sorted(base.glob(f"{split}*.parquet")) or sorted((base / split).glob("*.parquet"))
     if parquet:
         return pd.concat([pd.read_parquet(p) for p in parquet], ignore_index=True)
     jsonl = sorted(base.glob(f"{split}*.jsonl"))
     if jsonl:
         return pd.concat([pd.read_json(p, lines=True) for p in jsonl], ignore_index=True)
     raise MMEBDataError(
-        f"no MMEB-train subset {subset!r} split {split!r} under {root}: expected {base / split}/ or {base}/ "
-        f"(datasets.save_to_disk) or {base}/{split}*.parquet or {base}/{split}*.jsonl"
+        f"no MMEB-train subset {subset!r} split {split!r} under {root}. Accepted layouts, one a line:\n"
+        f"  hub files:          {base}/{split}-*.parquet (TIGER-Lab/MMEB-train) or {base}/{split}*.jsonl\n"
+        f"  parquet conversion: {base / split}/0000.parquet (the hub's refs/convert/parquet, `datasets`)\n"
+        f"  save_to_disk:       {base / split}/ or {base}/ (datasets.save_to_disk, a Dataset or DatasetDict)"
     )
 
 
@@ -252,15 +257,23 @@ class MMEBTrainData(Dataset):
         with Image.open(self.image_root / path) as image:
             return image.convert("RGB")
 
-    def _inputs(self, texts: Any, paths: Any) -> list[EmbedInput]:
-        return [EmbedInput(text=t or None, image=self._image(p)) for t, p in _pairs(texts, paths)]
+    def _inputs(self, texts: Any, paths: Any, instruction: Any = None) -> list[EmbedInput]:
+        instruction = instruction if isinstance(instruction, str) and instruction else None
+        return [
+            EmbedInput(text=t or None, image=self._image(p), instruction=instruction)
+            for t, p in _pairs(texts, paths)
+        ]
 
     def __getitem__(self, index: int) -> MMEBExample:
         subset = int(np.searchsorted(self.offsets, index, side="right") - 1)
         row = self.tables[subset].iloc[index - int(self.offsets[subset])]
-        query = self._inputs(row["qry"], row["qry_image_path"])
-        positives = self._inputs(row["pos_text"], row["pos_image_path"])
-        negatives = self._inputs(row.get("neg_text"), row.get("neg_image_path")) if self.use_negatives else []
+        query = self._inputs(row["qry"], row["qry_image_path"], row.get("qry_inst"))
+        positives = self._inputs(row["pos_text"], row["pos_image_path"], row.get("pos_inst"))
+        negatives = (
+            self._inputs(row.get("neg_text"), row.get("neg_image_path"), row.get("neg_inst"))
+            if self.use_negatives
+            else []
+        )
         if len(query) != 1 or not positives:
             raise MMEBDataError(
                 f"{self.subsets[subset]} row {index - self.offsets[subset]} has no query or positive"

@@ -11,10 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from PIL import Image
 from torch import Tensor
 
 from vlm2vec.adapters import VLMFamily, check_prompt_format
+from vlm2vec.video import process_with_videos
 
 
 @dataclass
@@ -63,15 +65,43 @@ class InputPreparer:
         return image.resize((self.image_size, self.image_size))
 
     def __call__(self, rows: Sequence[Any]) -> dict[str, Tensor]:
-        """Processor inputs for rows with `.text`, `.image` (PIL or None) and `.instruction`."""
+        """Processor inputs for rows with `.text`, `.image` (PIL or None) and `.instruction`, and optionally
+        `.video` (frames, a video file or a folder of frames; see `vlm2vec.video`)."""
         images = [self.image(getattr(row, "image", None)) for row in rows]
         prompts = [
             self.prompt(getattr(row, "text", None), getattr(row, "instruction", None), image is not None)
             for row, image in zip(rows, images, strict=True)
         ]
-        batch = self.family.process(self.processor, prompts, images)
+        if any(getattr(row, "video", None) is not None for row in rows):
+            processed = process_with_videos(self, rows, prompts, images)
+        else:
+            processed = self.family.process(self.processor, prompts, images)
+        batch = _attend_empty_rows(processed, self.processor)
         if self.prompt_format == "reference" and self.family.reference_text_positions:
             # The reference's Qwen2-VL code gives every token, image tokens included, 1-D positions.
             mask = batch["attention_mask"]
             batch["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
         return batch
+
+
+def _attend_empty_rows(batch: dict[str, Tensor], processor: Any) -> dict[str, Tensor]:
+    """Give a row that tokenised to nothing (the empty text of a blank MMEB candidate, on tokenizers that add no
+    BOS, such as Qwen2's) one attended pad token where last-token pooling reads it. The reference pools such a row
+    at a pad position whose attention is fully masked; with identical pad tokens everywhere that hidden state is
+    the one of a single attended pad token, which is what this gives, without a fully masked attention row."""
+    mask = batch["attention_mask"]
+    empty = mask.sum(dim=-1) == 0
+    if not bool(empty.any()):
+        return batch
+    tokenizer = processor.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = batch["input_ids"]
+    if input_ids.shape[-1] == 0:
+        input_ids = torch.full((input_ids.shape[0], 1), pad_id, dtype=input_ids.dtype)
+        mask = torch.zeros_like(input_ids, dtype=mask.dtype)
+    else:
+        input_ids, mask = input_ids.clone(), mask.clone()
+    slot = -1 if tokenizer.padding_side == "left" else 0
+    input_ids[empty, slot] = pad_id
+    mask[empty, slot] = 1
+    return {**batch, "input_ids": input_ids, "attention_mask": mask}

@@ -131,6 +131,11 @@ def _load_processor(name_or_path: str, family: VLMFamily, config: VLM2VecConfig,
         if config.max_pixels is not None:
             size["longest_edge"] = config.max_pixels
         processor.image_processor.size = {k: v for k, v in size.items() if v is not None}
+        video_processor = getattr(processor, "video_processor", None)
+        if video_processor is not None:  # the same bounds per video frame
+            frame_size = {k: v for k, v in dict(video_processor.size).items() if v is not None}
+            frame_size |= {k: size[k] for k in ("shortest_edge", "longest_edge") if size.get(k) is not None}
+            video_processor.size = frame_size
     return processor
 
 

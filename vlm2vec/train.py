@@ -1,4 +1,5 @@
-"""`python -m vlm2vec.train`: contrastive fine-tuning of a VLM on MMEB-train (InfoNCE, GradCache, LoRA/DoRA).
+"""`python -m vlm2vec.train`: contrastive fine-tuning of a VLM on MMEB-train or on a data mixture of image, video
+and visual-document subsets (`--data-mixture`, :mod:`vlm2vec.mixture`) (InfoNCE, GradCache, LoRA/DoRA).
 
 The loop (schedule, precision, the non-finite check, checkpoints with exact resume, metrics.jsonl) is
 :class:`core.loop.TrainingLoop`, shared with ``align.train``; this module supplies the step
@@ -39,6 +40,7 @@ from vlm2vec.data import (
     MMEBTrainData,
 )
 from vlm2vec.gradcache import grad_cache_step
+from vlm2vec.mixture import MixtureBatchSampler, MixtureData, MixtureError, read_mixture
 from vlm2vec.model import TRAIN_FORMAT, LoraSettings, VLM2VecModel
 from vlm2vec.pooling import POOLING_MODES
 
@@ -68,8 +70,11 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError("--query-chunk-size and --target-chunk-size must be >= 0 (0 = no GradCache)")
     if not Path(cfg.data).is_dir():
         raise ValueError(
-            f"--data {cfg.data} is not a directory (the MMEB-train root with one folder per subset)"
+            f"--data {cfg.data} is not a directory (the MMEB-train root with one folder per subset, or the "
+            "root the --data-mixture paths are relative to)"
         )
+    if cfg.data_mixture is not None:
+        read_mixture(cfg.data_mixture)  # the file's format, before any data is read
 
 
 def build_model(cfg: TrainConfig, device: torch.device) -> VLM2VecModel:
@@ -172,6 +177,54 @@ class ContrastiveTask(TrainTask):
         log.info("model saved to %s (load with VLM2VecModel.from_pretrained)", final)
 
 
+def load_training_data(cfg: TrainConfig) -> MMEBTrainData | MixtureData:
+    """MMEB-train's subsets, or the subsets of ``--data-mixture`` (paths relative to ``--data``)."""
+    if cfg.data_mixture is not None:
+        return MixtureData(cfg.data, read_mixture(cfg.data_mixture))
+    return MMEBTrainData(
+        cfg.data,
+        cfg.image_root or cfg.data,
+        cfg.subsets,
+        cfg.split,
+        cap=cfg.num_sample_per_subset,
+        subset_caps=cfg.subset_caps,
+        use_negatives=cfg.hard_negatives,
+        seed=cfg.seed,
+        check_images=cfg.check_images,
+        selection=cfg.subset_selection,
+    )
+
+
+def batch_sampler(
+    cfg: TrainConfig, data: MMEBTrainData | MixtureData, start_step: int, world: int, rank: int
+) -> MMEBBatchSampler | MixtureBatchSampler:
+    """This rank's batches from ``start_step`` on: a mixture's weighted sub-batches of ``--subset-block-size``
+    rows (0: the whole global batch from one subset), else MMEB-train's batches."""
+    if isinstance(data, MixtureData):
+        return MixtureBatchSampler(
+            data.subset_sizes,
+            data.weights,
+            cfg.batch_size // world,
+            sub_batch_size=cfg.subset_block_size or cfg.batch_size,
+            total_steps=cfg.steps,
+            seed=cfg.seed,
+            start_step=start_step,
+            world_size=world,
+            rank=rank,
+        )
+    return MMEBBatchSampler(
+        data.subset_sizes,
+        cfg.batch_size // world,
+        mixed=cfg.mixed_batches,
+        seed=cfg.seed,
+        start_step=start_step,
+        total_steps=cfg.steps,
+        world_size=world,
+        rank=rank,
+        block_size=cfg.subset_block_size,
+    )
+
+
 def train(cfg: TrainConfig) -> dict[str, float]:
     """Run (or resume) training; returns the last logged metrics. All checks happen before anything is written."""
     check_config(cfg)
@@ -187,35 +240,14 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         checkpoint_format=TRAIN_FORMAT,
         differences=lambda saved: cfg.resume_differences(TrainConfig.from_dict(saved)),
     )
-    data = MMEBTrainData(
-        cfg.data,
-        cfg.image_root or cfg.data,
-        cfg.subsets,
-        cfg.split,
-        cap=cfg.num_sample_per_subset,
-        subset_caps=cfg.subset_caps,
-        use_negatives=cfg.hard_negatives,
-        seed=cfg.seed,
-        check_images=cfg.check_images,
-        selection=cfg.subset_selection,
-    )
+    data = load_training_data(cfg)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(cfg.optimizer, param_groups(model, cfg.wd), lr=cfg.lr)
     scheduler = cosine_schedule(optimizer, cfg.steps, warmup_steps_from(cfg.warmup, cfg.steps))
     start_step = loop.restore(model.load_trainable_state_dict, optimizer, scheduler)
-    sampler = MMEBBatchSampler(
-        data.subset_sizes,
-        cfg.batch_size // world,
-        mixed=cfg.mixed_batches,
-        seed=cfg.seed,
-        start_step=start_step,
-        total_steps=cfg.steps,
-        world_size=world,
-        rank=rank,
-        block_size=cfg.subset_block_size,
-    )
+    sampler = batch_sampler(cfg, data, start_step, world, rank)
     collate = ContrastiveCollator(model.preparer, cfg.query_chunk_size, cfg.target_chunk_size)
     loader = DataLoader(
         data,
@@ -253,13 +285,14 @@ def build_parser() -> ConfigParser:
     return ConfigParser(
         TrainConfig,
         prog="python -m vlm2vec.train",
-        description="Turn a VLM into an embedding model on MMEB-train (VLM2Vec): last-token pooling, InfoNCE "
-        "with in-batch and hard negatives, GradCache for large batches, LoRA/DoRA or full fine-tuning.",
+        description="Turn a VLM into an embedding model on MMEB-train (VLM2Vec), or on a data mixture of image, "
+        "video and visual-document subsets (VLM2Vec-V2, --data-mixture): last-token pooling, InfoNCE with "
+        "in-batch and hard negatives, GradCache for large batches, LoRA/DoRA or full fine-tuning.",
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_training_cli(build_parser(), train, argv, input_errors=(MMEBDataError,))
+    return run_training_cli(build_parser(), train, argv, input_errors=(MMEBDataError, MixtureError))
 
 
 if __name__ == "__main__":

@@ -110,5 +110,19 @@ MMEB = Layouts(
             "DATA/{subset}/test-*.parquet (qry_text, qry_img_path, tgt_text, tgt_img_path; positive first) + "
             "DATA/eval_images/ (the unzipped images.zip, or --image-root); an empty path = a text-only input",
         ),
+        Layout(
+            "parquet conversion",
+            "DATA/{subset}/test/0000.parquet (the hub's refs/convert/parquet, what `datasets` downloads); "
+            "columns as above",
+        ),
+        Layout(
+            "newer image-task annotations",
+            "either file layout with qry_inst, qry_text, tgt_text [, qry_img_path, tgt_inst, tgt_img_path] "
+            "(VLM2Vec-V2's image-query files; no tgt_img_path = text candidates) + --image-root DIR",
+        ),
+    ),
+    (
+        "texts are kept verbatim (trailing newline, <|image_1|>); a candidate without text and image is "
+        "scored as the empty text",
     ),
 )

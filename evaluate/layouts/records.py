@@ -60,3 +60,7 @@ class MMEBSubset:
     query_images: list[Path | None]
     target_texts: list[list[str]]
     target_images: list[list[Path | None]]
+    layout: str = ""
+    annotation: str = "MMEB-eval"  # or "instructions": the newer qry_inst / tgt_inst annotations
+    blank_candidates: int = 0  # candidates without text and image, kept as the empty text
+    dangling_image_tokens: int = 0  # text-only inputs whose <|image_1|> was removed
