@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ from sentence_transformers.sentence_transformer.modules import Normalize, Router
 from align.factory import CheckpointError, resolve_checkpoint
 from align.model import AlignedModel
 from align.sentence_transformers_module import AlignedHead, AlignedImageBackbone, AlignedTextBackbone
+from core.staging import staged_folder
 
 log = logging.getLogger(__name__)
 
@@ -113,15 +113,6 @@ def build_sentence_transformer(model: AlignedModel) -> tuple[SentenceTransformer
     return st, record
 
 
-def _move_in(staging: Path, out: Path) -> None:
-    """Put the complete ``staging`` folder at ``out``; an old ``out`` is moved aside first, removed last."""
-    old = out.parent / f".{out.name}.replaced-{os.getpid()}"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(staging, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def export_sentence_transformers(
     checkpoint: str | os.PathLike,
     out: str | os.PathLike,
@@ -137,15 +128,9 @@ def export_sentence_transformers(
     model = AlignedModel.from_pretrained(source, device=device, trust_remote_code=trust_remote_code)
     st, record = build_sentence_transformer(model)
     record.checkpoint = str(source.resolve())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.exporting-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with staged_folder(out) as staging:
         st.save(str(staging))
         (staging / EXPORT_RECORD).write_text(json.dumps(asdict(record), indent=2, sort_keys=True) + "\n")
-        _move_in(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,28 +24,13 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.report import cpu_name, emit
 from encode.backbones import load_image_backbone, load_text_backbone
 from encode.inputs import load_rows
 from encode.pipeline import EncodeOptions, encode_images, encode_texts, read_image
 
 ROOT = Path(__file__).resolve().parent.parent
 COCO = ROOT / ".." / "shared" / "data" / "coco-mini"
-
-
-def _emit(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _best(seconds: dict[str, float], name: str, run: Callable[[], None]) -> None:
@@ -124,32 +107,32 @@ def main(argv: list[str] | None = None) -> None:
             )
 
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    _emit(
-        f"machine: {_cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+    emit(
+        f"machine: {cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"device {args.device}, load average {load} at the end"
     )
-    _emit("")
-    _emit("| model | path | rows | batch | loader workers | seconds | rows/s | vs forward |")
-    _emit("|---|---|---:|---:|---:|---:|---:|---:|")
+    emit("")
+    emit("| model | path | rows | batch | loader workers | seconds | rows/s | vs forward |")
+    emit("|---|---|---:|---:|---:|---:|---:|---:|")
     image_ref = len(image_rows) / seconds["image forward"]
-    _emit(
+    emit(
         f"| efficientnet-lite0 | forward on pre-loaded tensors | {len(image_rows)} | {args.batch_size} | - | "
         f"{seconds['image forward']:.2f} | {image_ref:.1f} | 1.00 |"
     )
     for workers in args.num_workers:
         took = seconds[f"image pipeline {workers}"]
         rate = len(image_rows) / took
-        _emit(
+        emit(
             f"| efficientnet-lite0 | encode pipeline (JPEG -> HDF5) | {len(image_rows)} | {args.batch_size} | "
             f"{workers} | {took:.2f} | {rate:.1f} | {rate / image_ref:.2f} |"
         )
     text_ref = len(captions) / seconds["text forward"]
     text_rate = len(captions) / seconds["text pipeline"]
-    _emit(
+    emit(
         f"| all-MiniLM-L6-v2 | forward on pre-made batches | {len(captions)} | {args.text_batch_size} | - | "
         f"{seconds['text forward']:.2f} | {text_ref:.1f} | 1.00 |"
     )
-    _emit(
+    emit(
         f"| all-MiniLM-L6-v2 | encode pipeline (captions -> HDF5) | {len(captions)} | {args.text_batch_size} | 0 | "
         f"{seconds['text pipeline']:.2f} | {text_rate:.1f} | {text_rate / text_ref:.2f} |"
     )

@@ -21,27 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 
+from benchmarks.report import cpu_name, emit
+
 DENSE_BUFFERS = 8  # fp32 N x N buffers alive at the dense path's peak (measured about 7 at N = 4k)
-
-
-def _emit(line: str) -> None:
-    """CLI output (the table), flushed line by line."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-def _cpu_name() -> str:
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def _rss_kib(field: str) -> int:
@@ -153,17 +140,17 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.worker is not None:
         result = run_case(args.worker, args.dim, args.chunk_size or None, args.repeats, args.threads)
-        _emit(json.dumps(result))
+        emit(json.dumps(result))
         return
 
     import torch
 
     threads = args.threads or torch.get_num_threads()
-    _emit(
-        f"# SigLIP loss fwd+bwd, d={args.dim}, chunk_size={args.chunk_size}, CPU: {_cpu_name()}, "
+    emit(
+        f"# SigLIP loss fwd+bwd, d={args.dim}, chunk_size={args.chunk_size}, CPU: {cpu_name()}, "
         f"{os.cpu_count()} cores, {threads} torch threads, torch {torch.__version__}"
     )
-    _emit(
+    emit(
         "# memory = peak RSS delta of a fresh process over the inputs; wall (s) and process CPU (cpu s) time = best of "
         f"{args.repeats} runs; dense only where {DENSE_BUFFERS} N^2 fp32 buffers fit {args.dense_budget_gib} GiB"
     )
@@ -179,8 +166,8 @@ def main(argv: list[str] | None = None) -> None:
         "cpu ratio",
     ]
     widths = [max(len(c), 7) for c in columns]
-    _emit(" | ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
-    _emit("-+-".join("-" * w for w in widths))
+    emit(" | ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
+    emit("-+-".join("-" * w for w in widths))
     for n in args.sizes:
         chunked = _subprocess(n, args, args.chunk_size)
         dense = None
@@ -203,9 +190,9 @@ def main(argv: list[str] | None = None) -> None:
             row[4] = f"{dense['time_s']:.2f}"
             row[6] = f"{dense['cpu_s']:.2f}"
             row[8] = f"{chunked['cpu_s'] / dense['cpu_s']:.2f}"
-        _emit(" | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+        emit(" | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    _emit(f"# largest child peak RSS: {usage.ru_maxrss / 1024:.0f} MiB")
+    emit(f"# largest child peak RSS: {usage.ru_maxrss / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -33,29 +33,12 @@ from dataclasses import dataclass
 import torch
 
 from align.heads import AlignmentHead, HeadConfig
+from benchmarks.report import cpu_name, emit
 from benchmarks.sail_formula import FormulaHead, FormulaStep, dense_sigmoid_loss
 from core.losses import siglip_loss
 from core.optim import build_optimizer, param_groups
 
 CHUNK = 4096
-
-
-def emit(line: str = "") -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 @dataclass(frozen=True)

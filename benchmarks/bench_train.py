@@ -36,14 +36,10 @@ import torch.nn.functional as F
 from align.data import AlignmentData
 from align.heads import AlignmentHead, HeadConfig, ModalityHead
 from benchmarks.memory import SavedActivationMeter
+from benchmarks.report import emit
 from core.losses import siglip_loss
 from core.optim import build_optimizer, param_groups
 from encode.store import FeatureStoreWriter, StoreMeta
-
-
-def emit(line: str = "") -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple[float, float]:

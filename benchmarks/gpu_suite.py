@@ -39,7 +39,6 @@ import gc
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -50,6 +49,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from benchmarks.report import cpu_name, emit
 
 DENSE_BUFFERS = 8  # fp32 N x N buffers alive at the dense SigLIP's peak (as benchmarks.bench_loss)
 PARTS = ("align", "encode", "gradcache", "loss")
@@ -110,22 +111,6 @@ TINY = Sizes(
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-
-
-def emit(line: str = "") -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def device_name(device: torch.device) -> str:

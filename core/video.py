@@ -6,6 +6,10 @@ there and written to disk; here decoded in memory, nothing written), then ``num_
 ``numpy.linspace(0, count - 1, num_frames)`` rounded down (its ``process_video_frames``). A folder of frames is
 sorted naturally (``frame_2`` before ``frame_10``) and sampled the same way. A video with fewer frames than asked
 gives all of its frames, as the reference does.
+
+The reference's video-QA parsers (Video-MME, NExTQA, EgoSchema, MVBench, ActivityNetQA) extract a video file's frames
+differently, with OpenCV at a fixed step: frames ``0, s, 2s, ...`` (at most 64) with ``s = max(1, total // 64)``.
+``extraction="step"`` reproduces that; ``"spread"`` (the default) is the ``floor(i * total / 64)`` rule above.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ DEFAULT_NUM_FRAMES = 8  # MMEB-V2: 8 frames per video
 MAX_FRAMES_SAVED = 64  # the reference's max_frames_saved
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
+EXTRACTIONS = ("spread", "step")  # how a video file's frames are extracted before sampling (see the module)
 
 VideoSource = str | Path | Sequence[Image.Image | Path]
 """A video file, a folder of frames, or the (already sampled) frames: images or frame files."""
@@ -40,17 +45,27 @@ def uniform_indices(total: int, num_frames: int) -> list[int]:
     return np.linspace(0, total - 1, num_frames, dtype=int).tolist()
 
 
-def saved_frame_indices(total: int, max_saved: int = MAX_FRAMES_SAVED) -> list[int]:
-    """The frames the reference extracts from a video of ``total`` frames before sampling."""
+def saved_frame_indices(
+    total: int, max_saved: int = MAX_FRAMES_SAVED, extraction: str = "spread"
+) -> list[int]:
+    """The frames the reference extracts from a video of ``total`` frames before sampling: ``floor(i * total /
+    max_saved)`` (``"spread"``) or every ``max(1, total // max_saved)``-th frame, at most ``max_saved``
+    (``"step"``, its video-QA parsers)."""
+    if extraction not in EXTRACTIONS:
+        raise VideoError(f"unknown frame extraction {extraction!r}; known: {', '.join(EXTRACTIONS)}")
     if total <= max_saved:
         return list(range(total))
+    if extraction == "step":
+        return list(range(0, total, max(1, total // max_saved)))[:max_saved]
     step = total / max_saved
     return [int(np.floor(i * step)) for i in range(max_saved)]
 
 
-def video_frame_indices(total: int, num_frames: int = DEFAULT_NUM_FRAMES) -> list[int]:
+def video_frame_indices(
+    total: int, num_frames: int = DEFAULT_NUM_FRAMES, extraction: str = "spread"
+) -> list[int]:
     """Indices into a video file's frames: :func:`saved_frame_indices`, then :func:`uniform_indices` of those."""
-    saved = saved_frame_indices(total)
+    saved = saved_frame_indices(total, extraction=extraction)
     return [saved[i] for i in uniform_indices(len(saved), num_frames)]
 
 
@@ -83,14 +98,16 @@ def _count_frames(path: Path) -> int:
         return sum(1 for _ in container.decode(stream))
 
 
-def decode_video(path: str | Path, num_frames: int = DEFAULT_NUM_FRAMES) -> list[Image.Image]:
+def decode_video(
+    path: str | Path, num_frames: int = DEFAULT_NUM_FRAMES, extraction: str = "spread"
+) -> list[Image.Image]:
     """``num_frames`` RGB frames of a video file (:func:`video_frame_indices`), decoded with PyAV."""
     import av
 
     path = Path(path)
     try:
         total = _count_frames(path)
-        wanted = set(video_frame_indices(total, num_frames))
+        wanted = set(video_frame_indices(total, num_frames, extraction))
         frames = []
         with av.open(str(path)) as container:
             for index, frame in enumerate(container.decode(container.streams.video[0])):
@@ -110,9 +127,12 @@ def _open_frame(path: Path) -> Image.Image:
         return image.convert("RGB")
 
 
-def load_video(source: VideoSource, num_frames: int = DEFAULT_NUM_FRAMES) -> list[Image.Image]:
-    """The frames a model sees of ``source``: a folder of frames or a video file, sampled to ``num_frames``;
-    a list of frames (images, or frame files opened here) is taken as it is (already sampled)."""
+def load_video(
+    source: VideoSource, num_frames: int = DEFAULT_NUM_FRAMES, extraction: str = "spread"
+) -> list[Image.Image]:
+    """The frames a model sees of ``source``: a folder of frames or a video file (its frames extracted by
+    ``extraction``, see the module), sampled to ``num_frames``; a list of frames (images, or frame files opened
+    here) is taken as it is (already sampled)."""
     if not isinstance(source, (str, Path)):
         frames = list(source)
         if not frames:
@@ -122,7 +142,7 @@ def load_video(source: VideoSource, num_frames: int = DEFAULT_NUM_FRAMES) -> lis
     if path.is_dir():
         return [_open_frame(p) for p in sample_frame_paths(path, num_frames)]
     if path.is_file():
-        return decode_video(path, num_frames)
+        return decode_video(path, num_frames, extraction)
     raise VideoError(f"video {path} not found (a video file or a folder of frames)")
 
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from core.protocol import check_capabilities
+from core.staging import staged_folder
 from evaluate.cache import FeatureCache, default_cache_dir, model_config, model_fingerprint
 from evaluate.encoding import encode_images, open_image
 from evaluate.models import OPEN_CLIP_PREFIX, load_model
@@ -156,20 +155,11 @@ def build_index(
         dim=int(embeddings.shape[1]),
         faiss_version=str(getattr(faiss, "__version__", "")),
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as staging:
         faiss.write_index(index, str(staging / FAISS_NAME))
         relative = [path.relative_to(images_dir).as_posix() for path in images]
         (staging / IMAGES_NAME).write_text(json.dumps(relative, indent=0) + "\n")
         (staging / CONFIG_NAME).write_text(json.dumps(asdict(config), indent=2) + "\n")
-        os.chmod(staging, 0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return config
 
 

@@ -59,7 +59,7 @@ def _key(item: V2Input, num_frames: int) -> str:
     elif item.video is not None and item.video.is_dir():
         media = "frames:" + ";".join(file_stamp(p) for p in sample_frame_paths(item.video, num_frames))
     elif item.video is not None:
-        media = f"video:{num_frames}:{file_stamp(item.video)}"
+        media = f"video:{num_frames}:{item.video_extraction}:{file_stamp(item.video)}"
     else:
         media = ""
     return f"{item.instruction or ''}\x1f{item.text or ''}\x1f{media}"
@@ -67,7 +67,7 @@ def _key(item: V2Input, num_frames: int) -> str:
 
 def _embed_input(item: V2Input, num_frames: int) -> EmbedInput:
     image = open_page(item.image) if item.image is not None else None
-    video = load_video(item.video, num_frames) if item.video is not None else None
+    video = load_video(item.video, num_frames, item.video_extraction) if item.video is not None else None
     text = item.text if item.text is not None or image is not None or video is not None else ""
     return EmbedInput(text=text, image=image, instruction=item.instruction, video=video)
 

@@ -15,3 +15,8 @@ if _workers > 1 and "OMP_NUM_THREADS" not in os.environ:
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Start the longest tests (marked ``slow``) first, so that no worker is left running one alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -121,6 +121,7 @@ def shard_entries(cache_dir: Path) -> dict[tuple[str, int, int], Path]:
 
 
 @needs_data
+@pytest.mark.slow
 def test_retrieval_on_two_ranks_matches_one_process_and_resumes_per_shard(evaluator, tmp_path):
     args = ["retrieval", "--data", str(COCO), "--batch-size", "8"]
     single, _ = evaluator.run(args, tmp_path / "cache1", tmp_path / "one.json", ranks=1)

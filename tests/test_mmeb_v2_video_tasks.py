@@ -172,6 +172,7 @@ def test_egoschema_options_joined_and_stripped_of_their_letter(tmp_path):
     video_file(videos(tmp_path, "EgoSchema") / "ego1.mp4")
     data = read_task(tmp_path, MMEB_V2_BY_NAME["EgoSchema"])
     assert data.queries[0].text == "Where? A. left B. right C. up"
+    assert data.queries[0].video_extraction == "step"  # the reference's video-QA extraction of a video file
     assert texts(data.candidates) == ["left", "right", "up"] and data.qrels == [{1: 1}]
 
 

@@ -200,6 +200,7 @@ def test_resume_skips_a_damaged_checkpoint_with_a_warning(align_setup, tmp_path)
     assert steps == list(range(2, TOTAL + 1, 2))
 
 
+@pytest.mark.slow
 def test_torchrun_restarts_a_killed_rank_and_resumes(tmp_path):
     """`torchrun --max-restarts 1` with rank 1 killed at step 5: the job restarts by itself, resumes from the newest
     checkpoint (--resume auto) and ends with the weights of an uninterrupted 2-rank run. Then a SIGTERM to one

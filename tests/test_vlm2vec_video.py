@@ -23,6 +23,7 @@ from core.video import (
     list_frames,
     load_video,
     sample_frame_paths,
+    saved_frame_indices,
     uniform_indices,
     video_frame_indices,
 )
@@ -75,6 +76,25 @@ def test_uniform_indices_by_hand():
     assert video_frame_indices(total, 8) == [saved[math.floor(i * 63 / 7)] for i in range(8)]
     with pytest.raises(VideoError):
         uniform_indices(10, 0)
+
+
+def test_stepped_extraction_of_the_video_qa_parsers_by_hand():
+    # the reference's OpenCV loop: frames 0, s, 2s, ... while fewer than 64 are saved and the frame exists
+    for total in (64, 100, 200, 130):
+        step = max(1, total // MAX_FRAMES_SAVED)
+        saved, index = [], 0
+        while len(saved) < MAX_FRAMES_SAVED and index < total:
+            saved.append(index)
+            index += step
+        assert saved_frame_indices(total, extraction="step") == saved
+        assert video_frame_indices(total, 8, "step") == [
+            saved[math.floor(i * (len(saved) - 1) / 7)] for i in range(8)
+        ]
+    # the two rules differ unless the length is a multiple of 64
+    assert saved_frame_indices(100, extraction="step") != saved_frame_indices(100)
+    assert saved_frame_indices(128, extraction="step") == saved_frame_indices(128)
+    with pytest.raises(VideoError, match="unknown frame extraction"):
+        saved_frame_indices(100, extraction="every")
 
 
 def test_mp4_decodes_the_sampled_frames(tmp_path):

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.precision import DTYPES
+from core.staging import staged_folder
 from vlm2vec.adapters import VLMFamily, get_family
 from vlm2vec.model import CONFIG_NAME, VLM2VecModel
 
@@ -184,9 +182,7 @@ def export_vllm(
         model.merge_lora()  # in float32, then cast: the merge adds no rounding of its own
     backbone = model._base().to(DTYPES[dtype])
     backbone._hf_peft_config_loaded = False  # a merged model saves as a plain one
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as staging:
         backbone.save_pretrained(staging, safe_serialization=True)
         eos = model.processor.tokenizer.eos_token if model.config.pooling == "eos" else None
         template = chat_template(model.family, model.config.prompt_format, eos)
@@ -221,13 +217,6 @@ def export_vllm(
         )
         config.commands = _commands(out, config)
         (staging / EXPORT_CONFIG).write_text(config.to_json())
-        os.chmod(staging, 0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return config
 
 

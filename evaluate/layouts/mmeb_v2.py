@@ -312,6 +312,7 @@ class V2Input:
     instruction: str | None = None
     image: Path | bytes | None = None
     video: Path | tuple[Path, ...] | None = None
+    video_extraction: str = "spread"  # how a video file's frames are extracted (core.video.EXTRACTIONS)
 
 
 @dataclass
@@ -525,7 +526,9 @@ def _strip_letter(option: str) -> str:
 
 
 def _qa_query(text: str, video: Path) -> V2Input:
-    return V2Input(text=text, instruction=VIDEO_QA_PROMPT.strip(), video=video)
+    """A video-QA query; a video file's frames are extracted at the reference's fixed step, as its video-QA
+    parsers (Video-MME, NExTQA, EgoSchema, MVBench, ActivityNetQA) extract them."""
+    return V2Input(text=text, instruction=VIDEO_QA_PROMPT.strip(), video=video, video_extraction="step")
 
 
 def _video_qa_mme(root: Path, task: V2Task, rows: list[dict]) -> V2TaskData:

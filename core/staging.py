@@ -1,0 +1,46 @@
+"""Write a folder beside its destination and move it into place only once it is complete.
+
+Exports and indexes are folders of several files; a run that stops half way must leave either the old folder or
+the new one, never a mix. :func:`staged_folder` yields a fresh hidden folder next to ``out``; when the block
+finishes, the folder is flushed to the disk and renamed to ``out`` (an old ``out`` is moved aside first and
+removed last); when the block raises, the hidden folder is removed and ``out`` is untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in [*sorted(p for p in folder.rglob("*") if p.is_file()), folder]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextmanager
+def staged_folder(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty folder beside ``out`` that becomes ``out`` when the block completes (see the module)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; the published folder reads like any other
+        _fsync_tree(staging)
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.parent))
+            os.replace(out, old / out.name)
+        os.replace(staging, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
