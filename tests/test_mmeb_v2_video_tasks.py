@@ -26,7 +26,7 @@ from evaluate.layouts.mmeb_v2 import (
     read_task,
 )
 
-QA = VIDEO_QA_PROMPT.strip()
+QA = VIDEO_QA_PROMPT  # kept with its trailing space (the reference prompt)
 
 
 def frames(folder: Path, count: int = 2) -> Path:

@@ -27,6 +27,7 @@ from core.video import (
     uniform_indices,
     video_frame_indices,
 )
+from evaluate.layouts.mmeb_v2 import VIDEO_QA_PROMPT
 from vlm2vec import VLM2VecModel
 from vlm2vec.video import video_prompt
 
@@ -134,6 +135,19 @@ def save_video_qwen(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def tiny_qwen(tmp_path_factory) -> Path:
     return save_video_qwen(tmp_path_factory.mktemp("qwen") / "model")
+
+
+def test_video_qa_reference_prompt_is_the_references_text(tiny_qwen, tmp_path):
+    """The reference's video-QA query is f"{video_token} {TASK_PROMPT} {question}" with a prompt ending in
+    "Question: ": two spaces before the question, kept by the reference prompt format."""
+    model = VLM2VecModel.from_pretrained(tiny_qwen, prompt_format="reference")
+    question = "why?\nOptions:\n(A) yes\n(B) no"
+    row = EmbedInput(
+        text=question, instruction=VIDEO_QA_PROMPT, video=write_frames(tmp_path / "v", sample_images(2))
+    )
+    prompt = video_prompt(model.preparer, row.text, row.instruction, 2)
+    assert prompt == f"<|video_pad|> {VIDEO_QA_PROMPT} {question}"
+    assert "Question:  why?" in prompt
 
 
 @pytest.mark.parametrize("prompt_format", ["ours", "reference"])

@@ -527,8 +527,10 @@ def _strip_letter(option: str) -> str:
 
 def _qa_query(text: str, video: Path) -> V2Input:
     """A video-QA query; a video file's frames are extracted at the reference's fixed step, as its video-QA
-    parsers (Video-MME, NExTQA, EgoSchema, MVBench, ActivityNetQA) extract them."""
-    return V2Input(text=text, instruction=VIDEO_QA_PROMPT.strip(), video=video, video_extraction="step")
+    parsers (Video-MME, NExTQA, EgoSchema, MVBench, ActivityNetQA) extract them. The prompt keeps its trailing
+    space, so a VLM2Vec model's reference prompt is the reference's ``TOKEN PROMPT QUESTION`` exactly (two spaces
+    after ``Question:``); two-tower models embed the instruction and the text stripped, joined by one space."""
+    return V2Input(text=text, instruction=VIDEO_QA_PROMPT, video=video, video_extraction="step")
 
 
 def _video_qa_mme(root: Path, task: V2Task, rows: list[dict]) -> V2TaskData:
