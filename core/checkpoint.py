@@ -22,6 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from core.staging import fsync_path
+
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
@@ -75,15 +77,6 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return found[-1][1] if found else None
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file's or a folder's contents to the disk (folders: their entries, i.e. a rename)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(
     output_dir: str | os.PathLike,
     step: int,
@@ -113,8 +106,8 @@ def save_checkpoint(
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         torch.save(trainer_state, tmp / TRAINER_STATE)
         for file in tmp.iterdir():
-            _fsync(file)
-        _fsync(tmp)
+            fsync_path(file)
+        fsync_path(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -124,7 +117,7 @@ def save_checkpoint(
         final.rename(stale)
         shutil.rmtree(stale, ignore_errors=True)
     os.replace(tmp, final)
-    _fsync(root)
+    fsync_path(root)
     if keep_last > 0:
         for old_step, old in checkpoint_dirs(output_dir)[:-keep_last]:
             doomed = old.with_name(f"step_{old_step}.deleting")

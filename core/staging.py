@@ -16,13 +16,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's or a folder's contents to the disk (a folder's: its entries, which makes a rename in it
+    durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_tree(folder: Path) -> None:
     for path in [*sorted(p for p in folder.rglob("*") if p.is_file()), folder]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(path)
 
 
 @contextmanager
@@ -40,6 +46,7 @@ def staged_folder(out: str | os.PathLike) -> Iterator[Path]:
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.parent))
             os.replace(out, old / out.name)
         os.replace(staging, out)
+        fsync_path(out.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:

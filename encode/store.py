@@ -41,6 +41,7 @@ from typing import Literal
 import h5py
 import numpy as np
 
+from core.staging import fsync_path
 from encode import __version__
 
 FORMAT_VERSION = 1
@@ -104,6 +105,13 @@ def locked_message(path: str | os.PathLike, waited: float) -> str:
         f"workers still exiting; it was still locked after {waited:g} s. Wait until that process has exited, "
         "then run the same command again (with --resume an interrupted store continues where it stopped)."
     )
+
+
+def sync_h5(f: h5py.File) -> None:
+    """Flush the file's buffers and fsync them to the disk, so that what was written survives a node crash or a
+    power loss, not only a killed process (h5py's flush reaches the OS, not the disk)."""
+    f.flush()
+    os.fsync(f.id.get_vfd_handle())
 
 
 def open_h5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
@@ -501,7 +509,7 @@ class FeatureStoreWriter:
             if image_keys is not None:
                 f.create_dataset("image_keys", data=_utf8_array(image_keys), track_times=False)
             f.create_dataset("rows_done", data=np.zeros(1, dtype=np.int64), **common)
-            f.flush()
+            sync_h5(f)
             partial.replace(self.path)
         except BaseException as err:
             try:
@@ -511,6 +519,7 @@ class FeatureStoreWriter:
             if isinstance(err, OSError):
                 raise self._write_error(err) from err
             raise
+        fsync_path(self.path.parent)  # the rename is durable too
         return f
 
     def _write_error(self, err: OSError, rows_done: int | None = None) -> StoreWriteError:
@@ -536,9 +545,9 @@ class FeatureStoreWriter:
         try:
             self._features[self.rows_done : stop] = features
             self._valid[self.rows_done : stop] = valid
-            self._file.flush()
+            sync_h5(self._file)  # the rows are on the disk before the counter that says they are
             self._rows_done[0] = stop
-            self._file.flush()
+            self._file.flush()  # the counter reaches the disk with the next batch's sync (or finish)
         except OSError as err:
             raise self._write_error(err) from err
         self.rows_done = stop
@@ -578,6 +587,7 @@ class FeatureStoreWriter:
         summary = {"rows": self.n_rows, "failures": int(len(failed)), "failed_keys": first}
         try:
             self._file.attrs.update(failures=len(failed), failed_keys=json.dumps(first), complete=True)
+            sync_h5(self._file)
         except OSError as err:
             raise self._write_error(err) from err
         self.close()

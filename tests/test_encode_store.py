@@ -66,6 +66,40 @@ def test_round_trip_keeps_rows_keys_and_marks_failures_nan(tmp_path):
         assert f.attrs["complete"]
 
 
+def test_rows_reach_the_disk_before_the_counter_that_says_they_are_written(tmp_path, monkeypatch):
+    """Power loss or a node crash keeps only what was fsynced: each batch's rows are fsynced while the stored
+    counter still holds the previous value, the header before the rename, and the complete flag at the end."""
+    import encode.store as store_module
+
+    seen: list[tuple[str, int | None, bool | None]] = []
+    writer_box: list[FeatureStoreWriter] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        writer = writer_box[0] if writer_box else None
+        if writer is not None and writer._file.id.valid:
+            seen.append(("store", int(writer._rows_done[0]), bool(writer._file.attrs["complete"])))
+        else:
+            seen.append(("other", None, None))
+        real_fsync(fd)
+
+    monkeypatch.setattr(store_module.os, "fsync", recording_fsync)
+    path = tmp_path / "img.h5"
+    writer = FeatureStoreWriter(path, IMAGE_META, list("abcdef"))
+    creation = list(seen)
+    assert len(creation) == 2  # the header (before the rename) and the folder (the rename)
+    writer_box.append(writer)
+    for _ in range(3):
+        writer.write(np.ones((2, 4), np.float32), np.ones(2, bool))
+    writer.finish()
+    assert seen[len(creation) :] == [
+        ("store", 0, False),
+        ("store", 2, False),
+        ("store", 4, False),
+        ("store", 6, True),
+    ]
+
+
 def test_existing_output_is_never_overwritten_silently(tmp_path):
     path = tmp_path / "img.h5"
     FeatureStoreWriter(path, IMAGE_META, ["a"]).close()

@@ -61,12 +61,12 @@ def save_weights(state, path):
         os.kill(os.getpid(), signal.SIGKILL)
 core.checkpoint.save_file_weights = save_weights
 
-real_fsync = core.checkpoint._fsync
+real_fsync = core.checkpoint.fsync_path
 def fsync(path):
     real_fsync(path)
     if active and count["saves"] == at and fault == "kill-after-rename" and path.name == "checkpoints":
         os.kill(os.getpid(), signal.SIGKILL)
-core.checkpoint._fsync = fsync
+core.checkpoint.fsync_path = fsync
 
 sys.exit(importlib.import_module(module).main(sys.argv[2:]))
 """
