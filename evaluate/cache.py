@@ -45,6 +45,7 @@ from torch import Tensor
 
 from core.fingerprint import file_stamp
 from core.protocol import EmbeddingModel
+from core.staging import fsync_path
 
 logger = logging.getLogger(__name__)
 
@@ -127,20 +128,11 @@ def features_checksum(features: Tensor) -> str:
     return digest.hexdigest()
 
 
-def _fsync_path(path: Path) -> None:
-    """Flush a file's or a directory's data and entries to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_dir_best_effort(directory: Path) -> None:
     """fsync a directory so a rename in it is durable; some filesystems refuse directory fsync, and entries are
     validated when read, so a failure here is only logged."""
     try:
-        _fsync_path(directory)
+        fsync_path(directory)
     except OSError as error:
         logger.debug("cannot fsync directory %s: %s", directory, error)
 
@@ -344,7 +336,7 @@ class FeatureCache:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 _fsync_dir_best_effort(path.parent.parent)
             save_file({"features": features}, str(tmp), metadata=metadata)
-            _fsync_path(tmp)
+            fsync_path(tmp)
             _, problem = self._read_entry(tmp, kind, path.stem, features.shape[0])
             if problem is not None:
                 raise OSError(errno.EIO, f"the written entry does not read back: {problem}")
