@@ -1,9 +1,10 @@
-"""Write a folder beside its destination and move it into place only once it is complete.
+"""Write a file or a folder beside its destination and move it into place only once it is complete.
 
 Exports and indexes are folders of several files; a run that stops half way must leave either the old folder or
 the new one, never a mix. :func:`staged_folder` yields a fresh hidden folder next to ``out``; when the block
 finishes, the folder is flushed to the disk and renamed to ``out`` (an old ``out`` is moved aside first and
 removed last); when the block raises, the hidden folder is removed and ``out`` is untouched.
+:func:`write_text_atomic` does the same for one text file (results, scores, pages).
 """
 
 from __future__ import annotations
@@ -51,3 +52,22 @@ def staged_folder(out: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file of this writer's own beside it, fsynced and renamed
+    into place: ``path`` holds the old text or the new one, never a part, also with several writers at once."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the file reads like any other
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -12,7 +12,6 @@ import base64
 import html
 import io
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from core.distributed import rank_and_world
+from core.staging import write_text_atomic
 from evaluate.encoding import ImageSource, encode_images, encode_texts, open_image
 
 HIT_COLOR = "#00a03c"
@@ -176,18 +176,7 @@ def render_gallery(rows: Sequence[GalleryRow], title: str, subtitle: str, config
 
 def write_gallery(path: str | os.PathLike, page: str) -> Path:
     """Write the page atomically (a temporary file beside it, renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(page)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, page)
 
 
 def check_gallery_path(path: str | os.PathLike | None) -> None:

@@ -243,8 +243,7 @@ def add_index_parser(sub: argparse._SubParsersAction) -> None:
         default=2048,
         help="images per cached chunk; a stopped build resumes at its first unfinished chunk (default 2048)",
     )
-    p.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
-    p.add_argument("--trust-remote-code", action="store_true", help="let the model's loader run hub code")
+    _model_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
     cache = p.add_mutually_exclusive_group()
     cache.add_argument(
@@ -266,6 +265,10 @@ def add_index_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--image", action="store_true", help="the query is an image file: search by image")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    _model_arguments(p)
+
+
+def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
     p.add_argument("--trust-remote-code", action="store_true", help="let the model's loader run hub code")
 

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from core.staging import write_text_atomic
 from evaluate.references import reference_rows, withheld_references
 
 RESULT_FORMAT_VERSION = 2  # 2: adds ``ties`` (format-1 files load with ``ties == {}``)
@@ -39,12 +40,7 @@ class EvalResult:
     format_version: int = RESULT_FORMAT_VERSION
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, path)
-        return path
+        return write_text_atomic(path, json.dumps(asdict(self), indent=2, sort_keys=False) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> EvalResult:

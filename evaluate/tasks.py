@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 from core import metrics as M
 from core.fingerprint import file_stamp
 from core.protocol import EmbeddingModel, ImageTextModel
+from core.staging import write_text_atomic
 from evaluate.cache import FeatureCache
 from evaluate.datasets import (
     MMVP_PROMPT,
@@ -207,10 +207,7 @@ class MMEBScores:
         if path is None or (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):
             return
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(entry))
-            os.replace(tmp, path)
+            write_text_atomic(path, json.dumps(entry))
         except OSError as error:
             logger.warning("cannot keep the score of %s in %s (%s)", subset.name, path, error)
 

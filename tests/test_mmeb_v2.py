@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from test_vlm2vec_video import sample_images, save_video_qwen, write_frames, write_mp4
+from test_vlm2vec_video import COCO, sample_images, save_video_qwen, write_frames, write_mp4
 from vlm2vec_helpers import single_thread  # noqa: F401
 
 from core.ir_metrics import ranking_metrics
@@ -78,7 +78,7 @@ def png_bytes(image: Image.Image) -> bytes:
 
 
 def build_layout(root: Path) -> None:
-    coco = sorted(Path("/work/shared/data/coco-mini/val2017").glob("*.jpg"))[:4]
+    coco = sorted(COCO.glob("*.jpg"))[:4]
     images = root / "image-tasks/MMEB"
     images.mkdir(parents=True)
     for path in coco:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from integration_helpers import COCO as COCO_MINI
 from PIL import Image
 from transformers import AutoProcessor, Qwen2VLVideoProcessor
 from vlm2vec_helpers import save_tiny_llava_next, save_tiny_qwen2_vl, single_thread  # noqa: F401
@@ -31,7 +32,7 @@ from evaluate.layouts.mmeb_v2 import VIDEO_QA_PROMPT
 from vlm2vec import VLM2VecModel
 from vlm2vec.video import video_prompt
 
-COCO = Path("/work/shared/data/coco-mini/val2017")
+COCO = COCO_MINI / "val2017"
 SIZE = (64, 48)
 
 
