@@ -66,21 +66,91 @@ class HeadConfig:
         return cls(**{k: v for k, v in values.items() if k in names})
 
 
+def _layer_norm_stats(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """``x_hat = (x - mean) / sqrt(var + eps)`` and ``1 / sqrt(var + eps)``, at least in float32 (as autocast runs
+    LayerNorm)."""
+    x = x.to(torch.promote_types(x.dtype, torch.float32))
+    x_hat, _, rstd = torch.native_layer_norm(x, x.shape[-1:], None, None, eps)
+    return x_hat, rstd
+
+
+def _normed_linear_grads(
+    x_hat: Tensor, gamma: Tensor, beta: Tensor, weight: Tensor, grad_out: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of ``W``, ``b``, ``gamma`` and ``beta`` for ``(x_hat * gamma + beta) @ W.T + b``, given ``dL/dout``.
+
+    With ``G = grad_out.T @ x_hat`` and ``s = grad_out.sum(0)``: ``dW = G * gamma + s beta^T``, ``db = s``,
+    ``dgamma = sum_k W[k] * G[k]`` and ``dbeta = s @ W``. Plain autograd gets ``dgamma`` and ``dbeta`` from
+    ``dL/dh = grad_out @ W``, a GEMM as large as the forward's; this needs none (one elementwise pass over ``W``).
+    """
+    dtype = gamma.dtype
+    g = (grad_out.T @ x_hat).to(dtype)
+    s = grad_out.sum(0, dtype=dtype)
+    grad_w = (g * gamma).addr_(s, beta)
+    grad_gamma = g.mul_(weight).sum(0)
+    return grad_w, s, grad_gamma, s @ weight.to(dtype)
+
+
+def _layer_norm_input_grad(grad_h: Tensor, x_hat: Tensor, rstd: Tensor, gamma: Tensor) -> Tensor:
+    """``dL/dx`` of ``h = LayerNorm(x)`` from ``dL/dh``."""
+    d = grad_h.to(gamma.dtype) * gamma
+    return rstd * (d - d.mean(-1, keepdim=True) - x_hat * (d * x_hat).mean(-1, keepdim=True))
+
+
+class _NormLinearFunction(torch.autograd.Function):
+    """``Linear(LayerNorm(x))`` whose backward skips ``dL/dh`` (see :func:`_normed_linear_grads`) unless ``x``
+    needs a gradient; it saves ``x_hat`` in the matmul's dtype instead of LayerNorm's input and output."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, eps, weight, bias):
+        x_hat, rstd = _layer_norm_stats(x, eps)
+        out = F.linear(torch.addcmul(beta, x_hat, gamma), weight, bias)
+        ctx.save_for_backward(x_hat.to(out.dtype), rstd, gamma, beta, weight)
+        ctx.x_dtype = x.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x_hat, rstd, gamma, beta, weight = ctx.saved_tensors
+        grad_out = grad_out.to(x_hat.dtype)
+        grad_w, grad_b, grad_gamma, grad_beta = _normed_linear_grads(x_hat, gamma, beta, weight, grad_out)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_h = grad_out @ weight.to(x_hat.dtype)
+            grad_x = _layer_norm_input_grad(grad_h, x_hat.to(rstd.dtype), rstd, gamma).to(ctx.x_dtype)
+        return grad_x, grad_gamma, grad_beta, None, grad_w.to(weight.dtype), grad_b.to(weight.dtype)
+
+
+def normed_linear(x: Tensor, norm: nn.LayerNorm, linear: nn.Linear) -> Tensor:
+    """``linear(norm(x))`` through :class:`_NormLinearFunction`: the same values and gradients, less work."""
+    return _NormLinearFunction.apply(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias)
+
+
+def _star_hidden(h: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> tuple[Tensor, Tensor]:
+    """The gate ``r = ReLU6(f1 h)`` (ReLU6 applied in place) and ``g = f2 h``."""
+    return F.linear(h, w1, b1).clamp_(0.0, 6.0), F.linear(h, w2, b2)
+
+
+def _star_hidden_grads(grad_y: Tensor, r: Tensor, g: Tensor, w_out: Tensor) -> tuple[Tensor, Tensor]:
+    """``dL/d f1(h)`` and ``dL/d f2(h)`` from ``dL/dy``; ``0 < r < 6`` is exactly where ReLU6's derivative is 1."""
+    grad_h = grad_y @ w_out.to(r.dtype)
+    grad_gate = torch.ops.aten.hardtanh_backward(grad_h * g, r, 0.0, 6.0)
+    return grad_gate, grad_h.mul_(r)  # grad_h is not needed after this
+
+
 class _StarFunction(torch.autograd.Function):
     """``out(ReLU6(f1(x)) * f2(x))`` keeping two hidden-sized tensors for backward instead of four.
 
     Plain autograd saves ``f1(x)``, ``ReLU6(f1(x))``, ``f2(x)`` and their product, each ``batch x w*d`` (2 GiB
-    apiece in bf16 for SAIL-L's text head at batch 32,768). Here ReLU6 is applied in place, only the gate
-    ``r = ReLU6(f1(x))`` and ``g = f2(x)`` are saved, and the product is recomputed in backward (one
-    elementwise multiply). ``0 < r < 6`` exactly where ReLU6's derivative is 1, so ``r`` also gives its mask.
-    Under autocast the matmuls run in the autocast dtype, as ``nn.Linear`` would; backward computes in the
-    forward's dtype and returns gradients in each input's own dtype.
+    apiece in bf16 for SAIL-L's text head at batch 32,768). Here only the gate ``r = ReLU6(f1(x))`` and
+    ``g = f2(x)`` are saved, and the product is recomputed in backward (one elementwise multiply). Under autocast
+    the matmuls run in the autocast dtype, as ``nn.Linear`` would; backward computes in the forward's dtype and
+    returns gradients in each input's own dtype.
     """
 
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, w_out, b_out):
-        r = F.linear(x, w1, b1).clamp_(0.0, 6.0)
-        g = F.linear(x, w2, b2)
+        r, g = _star_hidden(x, w1, b1, w2, b2)
         ctx.save_for_backward(x, w1, b1, w2, b2, w_out, b_out, r, g)
         return F.linear(r * g, w_out, b_out)
 
@@ -92,9 +162,7 @@ class _StarFunction(torch.autograd.Function):
         need = ctx.needs_input_grad
         grad_w_out = grad_y.T @ (r * g) if need[5] else None
         grad_b_out = grad_y.sum(0) if need[6] else None
-        grad_h = grad_y @ w_out.to(dtype)
-        grad_gate = torch.ops.aten.hardtanh_backward(grad_h * g, r, 0.0, 6.0)  # d/d f1(x)
-        grad_g = grad_h.mul_(r)  # d/d f2(x); grad_h is not needed after this
+        grad_gate, grad_g = _star_hidden_grads(grad_y, r, g, w_out)
         xc = x.to(dtype)
         grad_x = torch.addmm(grad_gate @ w1.to(dtype), grad_g, w2.to(dtype)) if need[0] else None
         grads = (
@@ -112,6 +180,40 @@ class _StarFunction(torch.autograd.Function):
         )
 
 
+class _NormStarFunction(torch.autograd.Function):
+    """``star(LayerNorm(x))``: :class:`_StarFunction`'s memory plan, and :func:`_normed_linear_grads` for
+    ``f1`` and ``f2``, so backward runs no ``dL/dh`` GEMM unless ``x`` needs a gradient (the features a head
+    trains on do not). Of the head's GEMM work that drops ``f1``'s and ``f2``'s input gradients: a third of
+    the step when they dominate, as in SAIL's star heads."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, eps, w1, b1, w2, b2, w_out, b_out):
+        x_hat, rstd = _layer_norm_stats(x, eps)
+        r, g = _star_hidden(torch.addcmul(beta, x_hat, gamma), w1, b1, w2, b2)
+        ctx.save_for_backward(x_hat.to(r.dtype), rstd, gamma, beta, w1, w2, w_out, r, g)
+        ctx.dtypes = (x.dtype, w1.dtype, b1.dtype, w2.dtype, b2.dtype, w_out.dtype, b_out.dtype)
+        return F.linear(r * g, w_out, b_out)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x_hat, rstd, gamma, beta, w1, w2, w_out, r, g = ctx.saved_tensors
+        grad_y = grad_y.to(r.dtype)
+        grad_w_out, grad_b_out = grad_y.T @ (r * g), grad_y.sum(0)
+        grad_gate, grad_g = _star_hidden_grads(grad_y, r, g, w_out)
+        grad_w1, grad_b1, grad_gamma, grad_beta = _normed_linear_grads(x_hat, gamma, beta, w1, grad_gate)
+        grad_w2, grad_b2, grad_gamma2, grad_beta2 = _normed_linear_grads(x_hat, gamma, beta, w2, grad_g)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            dtype = r.dtype
+            grad_h = torch.addmm(grad_gate @ w1.to(dtype), grad_g, w2.to(dtype))
+            grad_x = _layer_norm_input_grad(grad_h, x_hat.to(rstd.dtype), rstd, gamma)
+        grads = (grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_w_out, grad_b_out)
+        x_grad, *param_grads = (
+            None if grad is None else grad.to(want) for grad, want in zip(grads, ctx.dtypes, strict=True)
+        )
+        return (x_grad, grad_gamma.add_(grad_gamma2), grad_beta.add_(grad_beta2), None, *param_grads)
+
+
 class StarMLP(nn.Module):
     """SAIL's gated mapping: ``out(ReLU6(f1(x)) * f2(x))``, computed by a memory-lean autograd function."""
 
@@ -122,10 +224,12 @@ class StarMLP(nn.Module):
         self.f2 = nn.Linear(in_dim, hidden)
         self.out = nn.Linear(hidden, out_dim)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return _StarFunction.apply(
-            x, self.f1.weight, self.f1.bias, self.f2.weight, self.f2.bias, self.out.weight, self.out.bias
-        )
+    def forward(self, x: Tensor, norm: nn.LayerNorm | None = None) -> Tensor:
+        """``star(x)``, or ``star(norm(x))`` through one function that skips LayerNorm's output gradient."""
+        weights = (self.f1.weight, self.f1.bias, self.f2.weight, self.f2.bias, self.out.weight, self.out.bias)
+        if norm is None:
+            return _StarFunction.apply(x, *weights)
+        return _NormStarFunction.apply(x, norm.weight, norm.bias, norm.eps, *weights)
 
 
 def sharelock_mlp(in_dim: int, out_dim: int, hidden: int) -> nn.Sequential:
@@ -164,7 +268,12 @@ class ModalityHead(nn.Module):
         self.mapping = mapping_network(kind, in_dim, out_dim, width_factor, hidden_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.mapping(self.norm(x))
+        mapping = self.mapping
+        if isinstance(mapping, StarMLP):
+            return mapping(x, norm=self.norm)
+        if isinstance(mapping, nn.Linear):
+            return normed_linear(x, self.norm, mapping)
+        return mapping[1:](normed_linear(x, self.norm, mapping[0]))
 
 
 class AlignmentHead(nn.Module):

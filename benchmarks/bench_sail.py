@@ -5,8 +5,10 @@
 Both steps train SAIL-L's star head (image 2048 -> 1024, text 4096 -> 1024, width 8) with every dim divided by
 ``--scale`` on the same random features:
 
-- ours: ``align.heads.AlignmentHead`` (fused star function), ``core.losses.siglip_loss`` (chunked), Lion from
-  ``core.optim.build_optimizer``, the logit-scale clamp: what ``align.train`` runs;
+- ours: ``align.heads.AlignmentHead`` (LayerNorm and star head in one function, no LayerNorm output gradient),
+  ``core.losses.siglip_loss`` (chunked), Lion from ``core.optim.build_optimizer``, the logit-scale clamp: what
+  ``align.train`` runs, in a process whose freed memory glibc keeps (``core.cpu_memory``, as the training loop
+  sets it on the CPU; the setting is process-wide, so the formula's step runs with it too);
 - SAIL formula: ``LayerNorm -> star GLU`` as plain modules, the dense ``N x N`` sigmoid loss with mean reduction,
   a per-parameter Lion.
 
@@ -35,6 +37,7 @@ import torch
 from align.heads import AlignmentHead, HeadConfig
 from benchmarks.report import cpu_name, emit
 from benchmarks.sail_formula import FormulaHead, FormulaStep, dense_sigmoid_loss
+from core.cpu_memory import retain_freed_memory
 from core.losses import siglip_loss
 from core.optim import build_optimizer, param_groups
 
@@ -218,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         kind, batch = args.memory_worker
         emit(json.dumps(memory_worker(kind, int(batch), dims)))
         return 0
+    retain_freed_memory()  # as align.train's loop does on the CPU (process-wide: the formula's step gets it too)
     results = [compare(b, dims, args.repeats) for b in args.batch_sizes]
     memory = None
     if not args.no_memory:

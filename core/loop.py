@@ -38,6 +38,7 @@ from tqdm import tqdm
 from core.checkpoint import find_resume, load_checkpoint, restore_rng, restore_trainer_state, save_checkpoint
 from core.checkpoint import trainer_state as make_trainer_state
 from core.config import LoopConfig
+from core.cpu_memory import retain_freed_memory
 from core.losses import LossOutput
 from core.metrics_log import MetricsLogger, check_backends
 from core.precision import Precision
@@ -161,6 +162,8 @@ class TrainingLoop:
             raise ValueError(f"nothing to train: the run has {total} steps")
         if self._rng_state is not None:
             restore_rng(self._rng_state, self.device)
+        if self.device.type == "cpu":
+            retain_freed_memory()
         logger = MetricsLogger(
             cfg.output_dir,
             resume_step=self.start_step if self.resume_path else None,

@@ -1,4 +1,5 @@
-"""Alignment heads: SAIL-L parameter counts, init, logit scale clamp, sharelock, the fused star function."""
+"""Alignment heads: SAIL-L parameter counts, init, logit scale clamp, sharelock, the fused star function, LayerNorm
+folded into each head's first layer."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import pytest
 import torch
 
-from align.heads import AlignmentHead, HeadConfig, StarMLP, count_parameters
+from align.heads import AlignmentHead, HeadConfig, ModalityHead, StarMLP, count_parameters
 
 
 def meta_head(**kwargs) -> AlignmentHead:
@@ -166,3 +167,71 @@ def test_fused_star_saves_half_the_hidden_activations():
 
     assert saved_hidden(_plain_star) == 4  # f1(x), relu6(f1(x)), f2(x) and their product
     assert saved_hidden(lambda m, x: m(x)) == 2  # the gate and f2(x)
+
+
+def _plain_head(head: ModalityHead, x: torch.Tensor) -> torch.Tensor:
+    """``LayerNorm -> mapping`` as plain modules through plain autograd."""
+    h = head.norm(x)
+    if isinstance(head.mapping, StarMLP):
+        return _plain_star(head.mapping, h)
+    return head.mapping(h)
+
+
+def _head_and_grads(head: ModalityHead, x: torch.Tensor, forward, x_grad: bool):
+    head.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_(x_grad)
+    y = forward(head, x)
+    (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+    return y.detach(), x.grad, {n: p.grad.clone() for n, p in head.named_parameters()}
+
+
+@pytest.mark.parametrize("x_grad", [False, True], ids=["features", "x-needs-grad"])
+@pytest.mark.parametrize("kind", ["star", "linear", "mlp", "sharelock"])
+def test_layernorm_folded_into_the_first_layer_equals_plain_autograd_in_float64(kind, x_grad):
+    torch.manual_seed(0)
+    head = ModalityHead(kind, 6, 3, width_factor=4, hidden_dim=8).double().eval()
+    for p in head.parameters():
+        torch.nn.init.normal_(p, std=2.0)  # LayerNorm's weight and bias far from 1 and 0
+    x = 3 * torch.randn(9, 6, dtype=torch.float64) + 1
+    y, gx, grads = _head_and_grads(head, x, lambda m, x: m(x), x_grad)
+    y_ref, gx_ref, grads_ref = _head_and_grads(head, x, _plain_head, x_grad)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    if x_grad:
+        torch.testing.assert_close(gx, gx_ref, rtol=1e-10, atol=1e-10)
+    else:
+        assert gx is None and gx_ref is None
+    assert grads.keys() == grads_ref.keys() and {"norm.weight", "norm.bias"} <= grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_layernorm_folded_star_under_bf16_autocast_matches_plain_and_keeps_fp32_grads():
+    torch.manual_seed(2)
+    head = ModalityHead("star", 16, 8, width_factor=2, hidden_dim=None)
+    x = torch.randn(32, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _, grads = _head_and_grads(head, x, lambda m, x: m(x), False)
+        y_ref, _, grads_ref = _head_and_grads(head, x, _plain_head, False)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), y_ref.float(), rtol=2e-2, atol=2e-2)
+    for name, grad in grads.items():
+        assert grad.dtype == torch.float32, name
+        torch.testing.assert_close(grad, grads_ref[name], rtol=3e-2, atol=3e-2, msg=name)
+
+
+def test_backward_runs_no_layernorm_output_gradient_gemm():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    n, d = 64, 32
+    head = ModalityHead("star", d, 8, width_factor=4, hidden_dim=None)
+    x = torch.randn(n, d)
+
+    def backward_flops(forward) -> int:
+        y = forward(head, x)
+        with FlopCounterMode(display=False) as counter:
+            y.sum().backward()
+        return counter.get_total_flops()
+
+    first_layers = head.mapping.f1.weight.numel() + head.mapping.f2.weight.numel()
+    # plain autograd's dL/dh GEMMs (2 n per f1/f2 weight), less the fused one's two ``s @ W`` GEMVs for dbeta
+    assert backward_flops(_plain_head) - backward_flops(lambda m, x: m(x)) == 2 * (n - 1) * first_layers
