@@ -55,6 +55,11 @@ examples:
 """
 
 
+def default_workers() -> int:
+    """Loader processes on a GPU machine: one per CPU, at most 8 (on the CPU the default is 0: threads)."""
+    return min(8, os.cpu_count() or 1)
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", required=True, metavar="MODEL", help="registry name, Hugging Face hub id or local folder"
@@ -81,9 +86,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-workers",
         type=non_negative_int,
-        default=min(8, os.cpu_count() or 1),
+        default=None,
         metavar="N",
-        help="DataLoader processes reading and decoding images (default: min(8, CPUs) = %(default)s)",
+        help="DataLoader processes reading and decoding images; 0 decodes them in this process, with as many "
+        f"threads as torch uses, between forwards (default: 0 on the CPU, min(8, CPUs) = {default_workers()} on a GPU)",
     )
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument(
@@ -284,7 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 3. Encode (the store's preflight rejects a resume against other settings before writing).
     options = EncodeOptions(
         batch_size=args.batch_size,
-        num_workers=args.num_workers,
+        num_workers=(0 if device.type == "cpu" else default_workers())
+        if args.num_workers is None
+        else args.num_workers,
         dtype=args.dtype,
         resume=args.resume,
         overwrite=args.overwrite,

@@ -1,7 +1,10 @@
 """Encode rows with a frozen backbone into a feature store: batched, resumable, failures masked.
 
 Images are read, decoded and transformed (the backbone's picklable ``transform``) in DataLoader worker processes
-while the main process runs the backbone. A row whose image is missing, corrupt or truncated, or whose caption
+while the main process runs the backbone; with ``num_workers=0`` they are decoded in this process by as many
+threads as torch's intra-op pool has, each batch between two forwards, so the decoding never competes with the
+forward for the cores (the fastest on a CPU-only machine: Pillow and the PIL steps release the GIL, and a
+torchvision ``ToTensor -> Normalize`` tail runs once per batch, see ``RGBTransform.split``). A row whose image is missing, corrupt or truncated, or whose caption
 is empty, is written as ``valid=False`` with NaN features; the run goes on and reports the count and the first
 keys at the end (and in the store attrs).
 
@@ -25,6 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -166,10 +170,16 @@ class ImageRowsDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[Tensor | None, str | None]:
+        return self.load(index, self.transform)
+
+    def load(
+        self, index: int, transform: Callable[[Image.Image], Tensor]
+    ) -> tuple[Tensor | None, str | None]:
+        """Row ``index`` through ``transform``: ``(pixels, None)`` or ``(None, reason)``."""
         ref = self.images[index]
         try:
             with read_image(ref) as image:
-                return self.transform(image), None
+                return transform(image), None
         except Exception as err:  # a bad image is a failed row, whatever the decoder raised
             return None, f"{type(err).__name__}: {err}"
 
@@ -179,6 +189,27 @@ def collate_image_rows(items: list[tuple[Tensor | None, str | None]]) -> tuple[T
     ok = torch.tensor([pixels is not None for pixels, _ in items], dtype=torch.bool)
     good = [pixels for pixels, _ in items if pixels is not None]
     return (torch.stack(good) if good else None), ok, [error for _, error in items]
+
+
+def load_in_threads(
+    dataset: ImageRowsDataset, rows: range, batch_size: int, threads: int
+) -> Generator[tuple[Tensor | None, Tensor, list], None, None]:
+    """Collated batches of ``rows`` decoded by ``threads`` threads of this process, one batch per call.
+
+    With a splittable transform (``RGBTransform.split``) the threads only run PIL code and the ``ToTensor ->
+    Normalize`` tail runs on the stacked batch: torch kernels called from several threads would each start an
+    OpenMP team that then competes with the forward's."""
+    split = getattr(dataset.transform, "split", lambda: None)()
+    transform = dataset.transform if split is None else split.image
+    with ThreadPoolExecutor(threads, thread_name_prefix="encode-decode") as pool:
+        for first in range(rows.start, rows.stop, batch_size):
+            indices = range(first, min(first + batch_size, rows.stop))
+            pixels, ok, errors = collate_image_rows(
+                list(pool.map(lambda i: dataset.load(i, transform), indices))
+            )
+            if split is not None and pixels is not None:
+                pixels = split.batch(pixels)
+            yield pixels, ok, errors
 
 
 def _encode_image_batches(
@@ -200,6 +231,11 @@ def image_job(rows: Rows, backbone: ImageEncoder, *, dtype: str, limit: int | No
 
     def batches(start: int, stop: int, options: EncodeOptions) -> Generator[Batch, None, None]:
         workers = options.num_workers
+        if workers == 0:
+            threads = torch.get_num_threads()
+            return _encode_image_batches(
+                load_in_threads(dataset, range(start, stop), options.batch_size, threads), backbone
+            )
         loader = DataLoader(
             dataset,
             batch_size=options.batch_size,

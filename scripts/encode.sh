@@ -13,7 +13,7 @@ DOMAIN="both"                           # image | text | both
 CAPTION_SOURCES=(caption)               # caption columns, one store each; DreamLIP: (raw_caption shortSV_captions longSV_captions)
 POOLING=""                              # image pooling cls|mean|concat (SAIL: concat for DINOv2); empty: the model's default
 BATCH_SIZE=64
-NUM_WORKERS=2                           # DataLoader processes decoding images
+NUM_WORKERS=""                          # DataLoader processes decoding images; empty: 0 (threads) on the CPU, min(8, CPUs) on a GPU
 DTYPE="float16"
 DEVICE="cpu"                            # cuda for GPUs
 NPROC=1                                 # >1: torchrun --nproc_per_node NPROC (one rank per GPU)
@@ -30,7 +30,7 @@ if [ "$NPROC" -gt 1 ]; then
 else
     LAUNCH=(python -m encode)
 fi
-COMMON=(--data "$DATA" --batch-size "$BATCH_SIZE" --num-workers "$NUM_WORKERS" --dtype "$DTYPE" --device "$DEVICE" --resume)
+COMMON=(--data "$DATA" --batch-size "$BATCH_SIZE" ${NUM_WORKERS:+--num-workers "$NUM_WORKERS"} --dtype "$DTYPE" --device "$DEVICE" --resume)
 slug() { echo "$1" | tr '/:' '__'; }
 
 if [ "$DOMAIN" = "image" ] || [ "$DOMAIN" = "both" ]; then

@@ -26,7 +26,7 @@ ZEROSHOT_TEMPLATES=${ZEROSHOT_TEMPLATES:-}              # a file of prompt templ
 RECIPE=${RECIPE:-recipes/quickstart.yaml}
 SEED=${SEED:-0}                                         # the data split's seed and the training seed
 ENCODE_BATCH=${ENCODE_BATCH:-64}
-NUM_WORKERS=${NUM_WORKERS:-2}
+NUM_WORKERS=${NUM_WORKERS:-0}                           # 0: decoding threads between forwards (fastest on a CPU)
 # ------------------------------------------------------------------------------------------------------------
 
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TOKENIZERS_PARALLELISM=false

@@ -352,3 +352,28 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path, capsys):
         assert two.image_keys.tolist() == one.image_keys.tolist()
         np.testing.assert_array_equal(two.load(), one.load())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.h5", "two.h5"]
+
+
+def test_on_the_cpu_images_are_decoded_by_threads_unless_workers_are_asked_for(tmp_path, capsys, monkeypatch):
+    import encode.pipeline
+
+    coco = write_coco_subset(tmp_path / "coco", 3)
+    monkeypatch.setattr(cli, "load_backbone", lambda args, device: TinyImageBackbone())
+    loaders: list[int] = []
+    real_loader = encode.pipeline.DataLoader
+
+    def loader(*args, **kwargs):
+        loaders.append(kwargs["num_workers"])
+        return real_loader(*args, **kwargs)
+
+    monkeypatch.setattr(encode.pipeline, "DataLoader", loader)
+    argv = ["image", "--model", "m", "--data", coco, "--device", "cpu"]
+    assert _run([*argv, "--out", tmp_path / "threads.h5"], capsys)[0] == 0
+    assert loaders == []  # no DataLoader: the threads decoded every batch
+    assert _run([*argv, "--out", tmp_path / "workers.h5", "--num-workers", "1"], capsys)[0] == 0
+    assert loaders == [1]
+    with FeatureStore(tmp_path / "threads.h5") as a, FeatureStore(tmp_path / "workers.h5") as b:
+        np.testing.assert_array_equal(a.load(), b.load())
+    with pytest.raises(SystemExit):
+        cli.main(["image", "--help"])
+    assert "(default: 0 on the CPU" in " ".join(capsys.readouterr().out.split())

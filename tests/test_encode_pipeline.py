@@ -300,3 +300,65 @@ def test_merge_refuses_missing_shards_and_resumes_an_interrupted_merge(tmp_path)
     got, _ = _datasets(out)
     want, _ = _datasets(tmp_path / "one.h5")
     assert all(got[name].tobytes() == want[name].tobytes() for name in want)
+
+
+def _timm_transform(model_name: str = "tf_efficientnet_lite0"):
+    import timm
+
+    from encode.backbones.timm_vision import timm_transform
+
+    return timm_transform(timm.create_model(model_name, pretrained=False))
+
+
+def test_split_transform_is_bit_identical_to_the_timm_transform_on_coco_images():
+    import torch
+
+    transform = _timm_transform()
+    split = transform.split()
+    assert split is not None and len(split.normalize) == 1
+    images = [read_image(path) for path in load_rows(COCO / "train2017").images[:12]]
+    images.append(images[0].convert("L"))  # converted to RGB as the whole transform converts it
+    whole = torch.stack([transform(image) for image in images])
+    staged = [split.image(image) for image in images]
+    assert all(pixels.dtype == torch.uint8 for pixels in staged)
+    assert torch.equal(split.batch(torch.stack(staged)), whole)
+
+
+def test_transforms_that_cannot_be_split_say_so():
+    from torchvision import transforms as T
+
+    from encode.backbones.base import RGBTransform
+
+    normalize = T.Normalize([0.5] * 3, [0.5] * 3)
+    assert RGBTransform(T.Compose([T.Resize(8), T.ToTensor(), normalize])).split() is not None
+    assert RGBTransform(T.Compose([T.Resize(8), T.ToTensor(), T.RandomErasing()])).split() is None
+    assert RGBTransform(T.Compose([T.Resize(8), normalize])).split() is None  # no ToTensor
+    assert RGBTransform(lambda image: image).split() is None
+
+
+def test_decoding_threads_store_what_worker_processes_store(tmp_path):
+    """``num_workers=0`` (threads, the ToTensor -> Normalize tail on the batch) against 2 worker processes
+    (the whole transform per image): the same bytes, the same failed rows and reasons."""
+    from torchvision import transforms as T
+
+    from encode.backbones.base import RGBTransform
+
+    frame = _manifest_with_bad_images(tmp_path)
+    rows = load_rows(tmp_path)
+    backbone = TinyImageBackbone()
+    backbone.transform = RGBTransform(
+        T.Compose(
+            [T.Resize(9), T.CenterCrop(8), T.ToTensor(), T.Normalize([0.4, 0.5, 0.6], [0.2, 0.3, 0.25])]
+        )
+    )
+    summaries = {}
+    for workers in (0, 2):
+        options = EncodeOptions(batch_size=5, num_workers=workers, dtype="float32", progress=False)
+        summaries[workers] = encode_images(rows, backbone, tmp_path / f"img{workers}.h5", options=options)
+    threads, processes = (_datasets(tmp_path / f"img{w}.h5")[0] for w in (0, 2))
+    assert threads.keys() == processes.keys()
+    for name in threads:
+        np.testing.assert_array_equal(threads[name], processes[name], err_msg=name)
+    assert summaries[0].failed_keys == summaries[2].failed_keys == [frame["key"][i] for i in sorted(BAD_ROWS)]
+    assert summaries[0].failure_reasons == summaries[2].failure_reasons
+    assert np.isfinite(threads["features"][threads["valid"]]).all()

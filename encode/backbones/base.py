@@ -6,11 +6,19 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
+from torchvision import transforms
 
 from core.precision import autocast_dtype
+
+
+def _to_tensor_types() -> tuple[type, ...]:
+    from timm.data.transforms import MaybeToTensor  # timm's ToTensor that passes tensors through
+
+    return transforms.ToTensor, MaybeToTensor
 
 
 class RGBTransform:
@@ -24,6 +32,45 @@ class RGBTransform:
 
     def __repr__(self) -> str:
         return f"RGBTransform({self.transform!r})"
+
+    def split(self) -> SplitTransform | None:
+        """The transform as a per-image PIL stage and a batch stage (see :class:`SplitTransform`), or None when it
+        is not a torchvision ``Compose`` of PIL steps, one ``ToTensor``, then ``Normalize`` steps."""
+        steps = getattr(self.transform, "transforms", None)
+        if not isinstance(self.transform, transforms.Compose) or not steps:
+            return None
+        to_tensor = [i for i, step in enumerate(steps) if isinstance(step, _to_tensor_types())]
+        if len(to_tensor) != 1 or not all(
+            isinstance(s, transforms.Normalize) for s in steps[to_tensor[0] + 1 :]
+        ):
+            return None
+        first = to_tensor[0]
+        return SplitTransform(steps[:first], steps[first + 1 :])
+
+
+class SplitTransform:
+    """``ToTensor -> Normalize`` moved from each image to the batch; the values are bit-identical.
+
+    :meth:`image` runs the PIL steps and returns ``uint8 [C, H, W]`` (no torch kernel runs: safe in threads
+    that share the process with the forward's intra-op threads); :meth:`batch` turns the stacked images into
+    float as ``ToTensor`` does (``/ 255``) and applies the ``Normalize`` steps to the whole batch.
+    """
+
+    def __init__(self, pil_steps: Sequence[Callable], normalize: Sequence[transforms.Normalize]) -> None:
+        self.pil_steps = list(pil_steps)
+        self.normalize = list(normalize)
+
+    def image(self, image: Image.Image) -> Tensor:
+        image = image.convert("RGB")
+        for step in self.pil_steps:
+            image = step(image)
+        return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+    def batch(self, images: Tensor) -> Tensor:
+        pixels = images.to(torch.get_default_dtype()).div_(255)
+        for step in self.normalize:
+            pixels = step(pixels)
+        return pixels
 
 
 class _Backbone:
