@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.report import cpu_name, emit
+from core.cpu_memory import retain_freed_memory
 from encode.backbones import load_image_backbone, load_text_backbone
 from encode.inputs import load_rows
 from encode.pipeline import EncodeOptions, encode_images, encode_texts, read_image
@@ -60,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if torch.device(args.device).type == "cpu":
+        retain_freed_memory()  # as the encode CLI does on the CPU, for the forward and the pipeline alike
     image_rows = load_rows(args.data / "train2017").head(args.images)
     text_rows = load_rows(args.data / "annotations" / "captions_train2017.json", caption_columns=["caption"])
     captions = text_rows.caption_rows("caption").head(args.captions)

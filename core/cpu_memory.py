@@ -1,10 +1,12 @@
-"""Keep freed CPU memory inside the process while training, as PyTorch's caching allocator does on the GPU.
+"""Keep freed CPU memory inside the process, as PyTorch's caching allocator does on the GPU.
 
 PyTorch has no caching allocator on the CPU, so every tensor goes to the C allocator. glibc serves a buffer of
 more than 32 MiB (its largest mmap threshold) with a fresh ``mmap`` and unmaps it on ``free``, and it returns
 the top of its heap to the kernel once more than a threshold is free: each training step then page-faults its
 large activations back in, the kernel zero-filling every page. For ``benchmarks/bench_sail.py``'s text head
-(SAIL-L / 8) at batch 2,048, whose hidden tensors are ``2048 x 4096`` fp32 (32 MiB), that is a fifth of our step.
+(SAIL-L / 8) at batch 2,048, whose hidden tensors are ``2048 x 4096`` fp32 (32 MiB), that is a fifth of our step;
+for EfficientNet-Lite0's forward at batch 16 (``benchmarks/bench_encode.py``) it is half. The training loop, the
+encode CLI and the evaluate CLI call :func:`retain_freed_memory` when they run on the CPU.
 :func:`retain_freed_memory` tells glibc to serve every size from its heap and never to trim it, so a step
 reuses the memory the previous one freed. The process keeps its peak resident size, as a GPU run keeps its
 cached blocks.

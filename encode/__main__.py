@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from core.argtypes import non_negative_int, positive_int
+from core.cpu_memory import retain_freed_memory
 from core.device import resolve_device
 from core.distributed import leave_process_group
 from core.preemption import Preempted
@@ -280,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = resolve_device(args.device, world.local_rank)
     except ValueError as err:
         return _fail(err)
+    if device.type == "cpu":
+        retain_freed_memory()  # a CPU forward otherwise page-faults its activations in on every batch
 
     # 2. The model (unknown names, remote code without --trust-remote-code, bad pooling fail here).
     try:

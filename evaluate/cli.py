@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from core.cpu_memory import retain_freed_memory
 from core.distributed import init_distributed, leave_process_group
 from core.metrics import KNN_KS, KNN_TEMPERATURE, TIES
 from core.protocol import CapabilityError, EmbeddingModel, InterleavedModel, check_capabilities
@@ -397,6 +398,8 @@ def run(args: argparse.Namespace) -> EvalResult | None:
         raise ValueError(f"--output {args.output} is a directory; give a file name ending in .json")
     runner, dataset, needs = prepare(args)
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        retain_freed_memory()
     rank, world, _ = init_distributed(device)
     try:
         result = _score(args, runner, dataset, needs, device, rank, world)
