@@ -61,8 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    if torch.device(args.device).type == "cpu":
-        retain_freed_memory()  # as the encode CLI does on the CPU, for the forward and the pipeline alike
+    retain_freed_memory(args.device)  # as the encode CLI does, for the forward and the pipeline alike
     image_rows = load_rows(args.data / "train2017").head(args.images)
     text_rows = load_rows(args.data / "annotations" / "captions_train2017.json", caption_columns=["caption"])
     captions = text_rows.caption_rows("caption").head(args.captions)

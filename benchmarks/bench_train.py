@@ -111,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cpu":
-        retain_freed_memory()  # as align.train's loop does on the CPU
+    retain_freed_memory(device)  # as align.train's loop does
     image_dim, text_dim, target = 2048 // args.scale, 4096 // args.scale, 1024 // args.scale
     batch = args.batch_size
     n_pairs = 4 * batch

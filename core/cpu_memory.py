@@ -5,11 +5,10 @@ more than 32 MiB (its largest mmap threshold) with a fresh ``mmap`` and unmaps i
 the top of its heap to the kernel once more than a threshold is free: each training step then page-faults its
 large activations back in, the kernel zero-filling every page. For ``benchmarks/bench_sail.py``'s text head
 (SAIL-L / 8) at batch 2,048, whose hidden tensors are ``2048 x 4096`` fp32 (32 MiB), that is a fifth of our step;
-for EfficientNet-Lite0's forward at batch 16 (``benchmarks/bench_encode.py``) it is half. The training loop, the
-encode CLI and the evaluate CLI call :func:`retain_freed_memory` when they run on the CPU.
+for EfficientNet-Lite0's forward at batch 16 (``benchmarks/bench_encode.py``) it is half.
 :func:`retain_freed_memory` tells glibc to serve every size from its heap and never to trim it, so a step
 reuses the memory the previous one freed. The process keeps its peak resident size, as a GPU run keeps its
-cached blocks.
+cached blocks. The training loop, the encode CLI and the evaluate CLI call it with their device.
 
 Left alone: platforms without glibc, and a process started with glibc's malloc tuning variables set (the user
 chose). With an allocator swapped in through ``LD_PRELOAD`` (jemalloc, tcmalloc) the call changes nothing.
@@ -20,6 +19,8 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+
+import torch
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's <malloc.h>
 M_MMAP_MAX = -4
@@ -39,9 +40,10 @@ def _glibc_mallopt():
     return mallopt
 
 
-def retain_freed_memory() -> bool:
-    """Serve all sizes from glibc's heap and never trim it; True when the setting was applied."""
-    if any(name in os.environ for name in TUNING_VARIABLES):
+def retain_freed_memory(device: torch.device | str = "cpu") -> bool:
+    """On the CPU, serve all sizes from glibc's heap and never trim it; True when the setting was applied (a GPU
+    device leaves the allocator alone: its tensors do not come from it)."""
+    if torch.device(device).type != "cpu" or any(name in os.environ for name in TUNING_VARIABLES):
         return False
     mallopt = _glibc_mallopt()
     if mallopt is None:

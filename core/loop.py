@@ -162,8 +162,7 @@ class TrainingLoop:
             raise ValueError(f"nothing to train: the run has {total} steps")
         if self._rng_state is not None:
             restore_rng(self._rng_state, self.device)
-        if self.device.type == "cpu":
-            retain_freed_memory()
+        retain_freed_memory(self.device)
         logger = MetricsLogger(
             cfg.output_dir,
             resume_step=self.start_step if self.resume_path else None,

@@ -56,9 +56,9 @@ examples:
 """
 
 
-def default_workers() -> int:
-    """Loader processes on a GPU machine: one per CPU, at most 8 (on the CPU the default is 0: threads)."""
-    return min(8, os.cpu_count() or 1)
+def default_workers(device_type: str) -> int:
+    """``--num-workers`` left unset: 0 (decoding threads) on the CPU, else one process per CPU, at most 8."""
+    return 0 if device_type == "cpu" else min(8, os.cpu_count() or 1)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -90,7 +90,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="DataLoader processes reading and decoding images; 0 decodes them in this process, with as many "
-        f"threads as torch uses, between forwards (default: 0 on the CPU, min(8, CPUs) = {default_workers()} on a GPU)",
+        f"threads as torch uses, between forwards (default: 0 on the CPU, min(8, CPUs) = "
+        f"{default_workers('cuda')} on a GPU)",
     )
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument(
@@ -281,8 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = resolve_device(args.device, world.local_rank)
     except ValueError as err:
         return _fail(err)
-    if device.type == "cpu":
-        retain_freed_memory()  # a CPU forward otherwise page-faults its activations in on every batch
+    retain_freed_memory(device)  # a CPU forward otherwise page-faults its activations in on every batch
 
     # 2. The model (unknown names, remote code without --trust-remote-code, bad pooling fail here).
     try:
@@ -293,9 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 3. Encode (the store's preflight rejects a resume against other settings before writing).
     options = EncodeOptions(
         batch_size=args.batch_size,
-        num_workers=(0 if device.type == "cpu" else default_workers())
-        if args.num_workers is None
-        else args.num_workers,
+        num_workers=default_workers(device.type) if args.num_workers is None else args.num_workers,
         dtype=args.dtype,
         resume=args.resume,
         overwrite=args.overwrite,

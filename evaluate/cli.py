@@ -398,8 +398,7 @@ def run(args: argparse.Namespace) -> EvalResult | None:
         raise ValueError(f"--output {args.output} is a directory; give a file name ending in .json")
     runner, dataset, needs = prepare(args)
     device = resolve_device(args.device)
-    if device.type == "cpu":
-        retain_freed_memory()
+    retain_freed_memory(device)
     rank, world, _ = init_distributed(device)
     try:
         result = _score(args, runner, dataset, needs, device, rank, world)

@@ -55,3 +55,9 @@ def test_the_users_own_malloc_settings_are_left_alone():
     probed = _probe("retain", MALLOC_TRIM_THRESHOLD_="0")
     assert probed["applied"] is False
     assert probed["faults"] > 3 * 2048 * 4608 * 4 // 4096 // 2
+
+
+def test_a_gpu_device_leaves_the_allocator_alone():
+    from core.cpu_memory import retain_freed_memory
+
+    assert retain_freed_memory("cuda:0") is False  # returns before touching glibc: safe in this process
