@@ -12,13 +12,17 @@ Both steps train SAIL-L's star head (image 2048 -> 1024, text 4096 -> 1024, widt
 - SAIL formula: ``LayerNorm -> star GLU`` as plain modules, the dense ``N x N`` sigmoid loss with mean reduction,
   a per-parameter Lion.
 
-Times: the two steps alternate in one process (ours, formula, ours, ...), after a warm-up each; the median of
-``--repeats`` is reported as wall and as process CPU time (all threads; the CPU-time ratio stays meaningful when
-other jobs share the cores). Profile: each step split into head forward + backward, loss forward + backward and
-the optimizer update (the loss is backpropagated to detached embeddings first, then the head), as shares of
-their sum. Peak memory: each (step, batch) in a fresh subprocess, peak RSS growth over the inputs and the built
-model (``VmHWM`` reset after one warm-up step at batch 64; glibc mmap threshold fixed at 1 MiB so freed buffers
-leave RSS).
+GEMMs alone: every matmul each step runs (backward included) is recorded once and replayed on its own, in the
+same alternation, on operands of the same layouts (``benchmarks.gemm_replay``); our replay over the formula's
+step is the floor any exact rewrite of our step can reach.
+
+Times: the steps (and replays) alternate in one process (ours, formula, ours, ...), after a warm-up each; the
+median of ``--repeats`` is reported as wall and as process CPU time (all threads; the CPU-time ratio stays
+meaningful when other jobs share the cores). Profile: each step split into head forward + backward, loss forward +
+backward and the optimizer update (the loss is backpropagated to detached embeddings first, then the head), as
+shares of their sum. Peak memory: each (step, batch) in a fresh subprocess, peak RSS growth over the inputs and
+the built model (``VmHWM`` reset after one warm-up step at batch 64; glibc mmap threshold fixed at 1 MiB so freed
+buffers leave RSS).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from align.heads import AlignmentHead, HeadConfig
+from benchmarks.gemm_replay import GemmReplay, record_gemms
 from benchmarks.report import cpu_name, emit
 from benchmarks.sail_formula import FormulaHead, FormulaStep, dense_sigmoid_loss
 from core.cpu_memory import retain_freed_memory
@@ -121,17 +126,25 @@ def phases(kind: str, step, image: torch.Tensor, text: torch.Tensor) -> dict[str
 
 
 def compare(batch: int, dims: Dims, repeats: int) -> dict:
-    """Alternating timed steps of both, then a phase profile of each (medians)."""
+    """Alternating timed steps of both and of each one's GEMMs replayed alone, then a phase profile of each
+    step (medians)."""
     image, text = features(batch, dims)
     steps = {kind: build(kind, dims) for kind in ("ours", "formula")}
-    wall: dict[str, list[float]] = {k: [] for k in steps}
-    cpu: dict[str, list[float]] = {k: [] for k in steps}
     for step in steps.values():
         step(image, text)  # warm-up
+    replays = {kind: GemmReplay(record_gemms(lambda s=step: s(image, text))) for kind, step in steps.items()}
+    runs = {
+        **{kind: lambda s=step: s(image, text) for kind, step in steps.items()},
+        **{f"{kind} GEMMs": replay for kind, replay in replays.items()},
+    }
+    wall: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
+    for replay in replays.values():
+        replay()  # warm-up
     for _ in range(repeats):
-        for kind, step in steps.items():
+        for kind, run in runs.items():
             w, c = _clock()
-            step(image, text)
+            run()
             wall[kind].append(time.perf_counter() - w)
             cpu[kind].append(time.process_time() - c)
     profile = {}
@@ -143,6 +156,7 @@ def compare(batch: int, dims: Dims, repeats: int) -> dict:
         "wall_s": {k: statistics.median(v) for k, v in wall.items()},
         "cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
         "profile_cpu_s": profile,
+        "gemm_gflop": {kind: replay.flops / 1e9 for kind, replay in replays.items()},
     }
 
 
@@ -190,6 +204,18 @@ def table(results: list[dict], memory: dict[tuple[str, int], float] | None, dims
         mem = ["-", "-"] if memory is None else [f"{memory[(k, b)]:.0f}" for k in ("ours", "formula")]
         emit(f"| {b:,} | {w['ours']:.3f} | {w['formula']:.3f} | {w['ours'] / w['formula']:.2f} | "
              f"{c['ours']:.3f} | {c['formula']:.3f} | {c['ours'] / c['formula']:.2f} | {mem[0]} | {mem[1]} |")  # fmt: skip
+    emit()
+    emit("GEMMs alone: each step's recorded mm/addmm calls replayed on fresh operands of the same layouts; "
+         "ours' replay over the formula's full step is the floor any exact rewrite of ours can reach")  # fmt: skip
+    emit()
+    emit("| batch | step | GEMM GFLOP | GEMMs alone CPU s | GEMMs / own step | GEMMs / formula step (CPU) |")
+    emit("|---:|---|---:|---:|---:|---:|")
+    for r in results:
+        c = r["cpu_s"]
+        for kind in ("ours", "formula"):
+            alone = c[f"{kind} GEMMs"]
+            emit(f"| {r['batch']:,} | {kind} | {r['gemm_gflop'][kind]:.1f} | {alone:.3f} | "
+                 f"{alone / c[kind]:.2f} | {alone / c['formula']:.2f} |")  # fmt: skip
     emit()
     emit("| batch | step | head (fwd + bwd) | loss (fwd + bwd) | optimizer | sum CPU s |")
     emit("|---:|---|---:|---:|---:|---:|")
