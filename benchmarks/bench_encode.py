@@ -8,6 +8,8 @@ Images: EfficientNet-Lite0 on the COCO-MINI train images (``../shared/data/coco-
   ceiling: nothing but the model);
 - "pipeline" is ``encode_images`` end to end: DataLoader workers reading, decoding and transforming the JPEGs,
   the forward, the NaN/validity bookkeeping and the flushed HDF5 writes (float16), worker start-up included.
+- "decode alone" runs what ``--num-workers 0`` does between two forwards (threads reading, decoding and transforming
+  a batch) without the forward; forward / (forward + decode alone) bounds a pipeline that decodes between forwards.
 Text: all-MiniLM-L6-v2 on the COCO-MINI train captions, ``backbone.encode`` on pre-made batches vs ``encode_texts``.
 Each number is the best of ``--repeats`` runs (cases interleaved, so load changes hit all of them); the ratio is
 pipeline rows/s over forward rows/s measured in the same run. The goal is >= 0.9 for images.
@@ -28,7 +30,14 @@ from benchmarks.report import cpu_name, emit
 from core.cpu_memory import retain_freed_memory
 from encode.backbones import load_image_backbone, load_text_backbone
 from encode.inputs import load_rows
-from encode.pipeline import EncodeOptions, encode_images, encode_texts, read_image
+from encode.pipeline import (
+    EncodeOptions,
+    ImageRowsDataset,
+    encode_images,
+    encode_texts,
+    load_in_threads,
+    read_image,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 COCO = ROOT / ".." / "shared" / "data" / "coco-mini"
@@ -73,6 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     text_batches = [
         captions.texts[i : i + args.text_batch_size] for i in range(0, len(captions), args.text_batch_size)
     ]
+    dataset, rows = ImageRowsDataset(image_rows.images, image_model.transform), range(len(image_rows))
+    threads = torch.get_num_threads()  # what --num-workers 0 decodes with
     image_model.encode(pixel_batches[0])  # warm-up: first-call allocations and kernel selection
     text_model.encode(text_batches[0])
 
@@ -80,6 +91,11 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):
             _best(seconds, "image forward", lambda: [image_model.encode(batch) for batch in pixel_batches])
+            _best(
+                seconds,
+                "image decode",
+                lambda: list(load_in_threads(dataset, rows, args.batch_size, threads)),
+            )
             for workers in args.num_workers:
                 options = EncodeOptions(
                     batch_size=args.batch_size, num_workers=workers, overwrite=True, progress=False
@@ -120,6 +136,17 @@ def main(argv: list[str] | None = None) -> None:
     emit(
         f"| efficientnet-lite0 | forward on pre-loaded tensors | {len(image_rows)} | {args.batch_size} | - | "
         f"{seconds['image forward']:.2f} | {image_ref:.1f} | 1.00 |"
+    )
+    decode = seconds["image decode"]
+    emit(
+        f"| efficientnet-lite0 | decode + transform alone ({threads} threads, no forward) | {len(image_rows)} | "
+        f"{args.batch_size} | 0 | {decode:.2f} | {len(image_rows) / decode:.1f} | - |"
+    )
+    bound = seconds["image forward"] / (seconds["image forward"] + decode)
+    emit(
+        f"| efficientnet-lite0 | bound of decoding between forwards: forward / (forward + decode) | "
+        f"{len(image_rows)} | {args.batch_size} | 0 | {seconds['image forward'] + decode:.2f} | "
+        f"{bound * image_ref:.1f} | {bound:.2f} |"
     )
     for workers in args.num_workers:
         took = seconds[f"image pipeline {workers}"]
