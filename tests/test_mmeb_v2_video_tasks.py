@@ -280,3 +280,35 @@ def test_frame_lists_are_embedded_unsampled_and_keyed_by_their_files(tmp_path):
     assert len(mmeb_v2._embed_input(sampled, num_frames=2).video) == 2  # a folder: sampled to --num-frames
     key = mmeb_v2._key(listed, 2)
     assert key == mmeb_v2._key(listed, 8) and key != mmeb_v2._key(sampled, 2)
+
+
+def test_youcook2_skips_rows_without_a_video_as_the_reference_does(tmp_path):
+    rows = [
+        {"id": "yc_1", "video_path": "val/a.mp4", "sentence": "add salt"},
+        {"id": "yc_2", "video_path": "val/gone.mp4", "sentence": "stir"},
+        {"id": "yc_3", "video_path": "val/c.mp4", "sentence": "serve"},
+    ]
+    jsonl(tmp_path, "YouCook2", rows)
+    video_file(videos(tmp_path, "YouCook2") / "a.mp4")
+    frames(media(tmp_path, "YouCook2") / "yc_3")
+    data = read_task(tmp_path, MMEB_V2_BY_NAME["YouCook2"])
+    assert [q.text for q in data.queries] == ["add salt", "serve"]
+    assert [c.video for c in data.candidates] == [
+        videos(tmp_path, "YouCook2") / "a.mp4",
+        media(tmp_path, "YouCook2") / "yc_3",
+    ]
+    assert data.qrels == [{0: 1}, {1: 1}]
+    assert data.notes == [
+        "1 of 3 rows skipped, their video has neither frames nor a file (as the reference): yc_2"
+    ]
+
+    jsonl(tmp_path, "YouCook2", rows[1:2])
+    with pytest.raises(LayoutError, match="none of its 1 rows"):
+        read_task(tmp_path, MMEB_V2_BY_NAME["YouCook2"])
+
+
+def test_a_missing_video_is_an_error_in_the_other_retrieval_tasks(tmp_path):
+    jsonl(tmp_path, "VATEX", [{"videoID": "vx1", "enCap": ["a"]}, {"videoID": "vx2", "enCap": ["b"]}])
+    video_file(videos(tmp_path, "VATEX") / "vx1.mp4")
+    with pytest.raises(LayoutError, match="'vx2' has neither frames nor a video file"):
+        read_task(tmp_path, MMEB_V2_BY_NAME["VATEX"])
