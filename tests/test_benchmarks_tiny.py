@@ -11,7 +11,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 EXPECTED = {
-    "align": ["step_s", "peak_mib", "tflops", "matmul_peak_tflops", "share_of_peak", "dense_step_s"],
+    "align": [
+        "step_s",
+        "peak_mib",
+        "tflops",
+        "matmul_peak_tflops",
+        "share_of_peak",
+        "executed_tflops",
+        "executed_share_of_peak",
+        "dense_step_s",
+    ],
     "encode": ["forward_images_per_s", "pipeline_0_workers_images_per_s", "pipeline_1_workers_vs_forward"],
     "gradcache": [
         "plain_step_s",
@@ -52,6 +61,14 @@ def test_run_gpu_tiny_reports_every_part(tmp_path):
         assert set(keys) <= set(figures), (name, sorted(figures))
         for key, value in figures.items():
             assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (name, key, value)
+
+    # The executed GEMM FLOPs are the model FLOPs less f1's and f2's input gradients (2 x batch x their weights),
+    # which the fused LayerNorm skips, plus the one-row products dbeta = s W that replace them.
+    align = report["parts"]["align"]["config"]
+    head, width = align["head"], align["head"]["width_factor"]
+    f1_f2_weights = 2 * width * (head["image_dim"] ** 2 + head["text_dim"] ** 2)
+    expected = align["flop_per_step"] - 2 * align["batch"] * f1_f2_weights + 2 * f1_f2_weights
+    assert align["executed_gemm_flop_per_step"] == expected
 
     # GradCache ran at a batch the plain step did not fit, within the limit the plain step broke.
     gc = report["parts"]["gradcache"]
