@@ -19,7 +19,8 @@ measured:
 3. ``gradcache``: a random-weight Qwen2-VL-2B-sized model (Qwen2-VL-2B's config, word tokenizer, 224 x 224
    images, bf16 weights, full fine-tuning): a doubling search for the largest batch the plain step fits, then
    GradCache at twice that batch (which the plain step cannot fit) and at the same batch, against the plain
-   step: step time, time per pair, peak memory.
+   step: step time, time per pair, peak memory; beside them, at the same batch, ``bench_gradcache``'s two floors
+   (plain + GradCache's first pass; first pass + every chunk's forward and backward alone).
 4. ``loss``: SigLIP forward + backward memory, chunked at N = 32k / 128k / 512k (d = 1024) against the dense
    formula, measured where it fits, else its bytes (8 fp32 ``N x N`` buffers).
 
@@ -425,7 +426,7 @@ def build_vlm(sizes: Sizes, device: torch.device):
 
 
 def part_gradcache(sizes: Sizes, device: torch.device, deadline: Deadline, cpu_limit_mib: float) -> dict:
-    from benchmarks.bench_gradcache import make_batch, step
+    from benchmarks.bench_gradcache import chunk_passes, first_pass, make_batch, step
     from benchmarks.memory import SavedActivationMeter
 
     model = build_vlm(sizes, device)
@@ -487,7 +488,8 @@ def part_gradcache(sizes: Sizes, device: torch.device, deadline: Deadline, cpu_l
     )
     times = alternate(
         {"plain": lambda: step(model, plain), "gradcache_same": lambda: step(model, cached_same),
-         "gradcache_big": lambda: step(model, cached_big)},
+         "gradcache_big": lambda: step(model, cached_big), "first_pass": lambda: first_pass(model, cached_same),
+         "chunk_passes": lambda: chunk_passes(model, cached_same)},
         sizes.gc_repeats, device, deadline,
     )  # fmt: skip
     big_mib = peak_mib(cached_big)
@@ -503,6 +505,8 @@ def part_gradcache(sizes: Sizes, device: torch.device, deadline: Deadline, cpu_l
             "plain_step_s": times["plain"],
             "gradcache_same_batch_step_s": times["gradcache_same"],
             "gradcache_same_batch_vs_plain": times["gradcache_same"] / times["plain"],
+            "floor_vs_plain": (times["plain"] + times["first_pass"]) / times["plain"],
+            "chunked_floor_vs_plain": (times["first_pass"] + times["chunk_passes"]) / times["plain"],
             "gradcache_big_step_s": times["gradcache_big"],
             "gradcache_big_time_per_pair_vs_plain": (times["gradcache_big"] / big) / (times["plain"] / fit_batch),
             "plain_peak_mib": fit_mib,

@@ -25,6 +25,8 @@ EXPECTED = {
     "gradcache": [
         "plain_step_s",
         "gradcache_same_batch_vs_plain",
+        "floor_vs_plain",
+        "chunked_floor_vs_plain",
         "gradcache_big_step_s",
         "plain_peak_mib",
         "gradcache_big_peak_mib",
