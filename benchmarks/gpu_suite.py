@@ -426,7 +426,7 @@ def build_vlm(sizes: Sizes, device: torch.device):
 
 
 def part_gradcache(sizes: Sizes, device: torch.device, deadline: Deadline, cpu_limit_mib: float) -> dict:
-    from benchmarks.bench_gradcache import chunk_passes, first_pass, make_batch, step
+    from benchmarks.bench_gradcache import chunk_passes, first_pass, floor_ratios, make_batch, step
     from benchmarks.memory import SavedActivationMeter
 
     model = build_vlm(sizes, device)
@@ -493,6 +493,7 @@ def part_gradcache(sizes: Sizes, device: torch.device, deadline: Deadline, cpu_l
         sizes.gc_repeats, device, deadline,
     )  # fmt: skip
     big_mib = peak_mib(cached_big)
+    floors = floor_ratios(times["plain"], times["first_pass"], times["chunk_passes"])
     notes = [] if beyond else [f"plain training still fitted at batch {fit_batch} (search bound reached)"]
     if device.type == "cpu":
         notes.append(f"CPU: memory = activations saved for backward; 'fits' = within {limit:.1f} MiB")
@@ -505,8 +506,8 @@ def part_gradcache(sizes: Sizes, device: torch.device, deadline: Deadline, cpu_l
             "plain_step_s": times["plain"],
             "gradcache_same_batch_step_s": times["gradcache_same"],
             "gradcache_same_batch_vs_plain": times["gradcache_same"] / times["plain"],
-            "floor_vs_plain": (times["plain"] + times["first_pass"]) / times["plain"],
-            "chunked_floor_vs_plain": (times["first_pass"] + times["chunk_passes"]) / times["plain"],
+            "floor_vs_plain": floors[0],
+            "chunked_floor_vs_plain": floors[1],
             "gradcache_big_step_s": times["gradcache_big"],
             "gradcache_big_time_per_pair_vs_plain": (times["gradcache_big"] / big) / (times["plain"] / fit_batch),
             "plain_peak_mib": fit_mib,
